@@ -1,0 +1,32 @@
+"""NormZoo: normalization methods from the literature as ready PyTorch models.
+
+    >>> from zoo import create_model, list_models
+    >>> model = create_model("resnet56", norm="gn", num_classes=100)
+    >>> list_models("resnet*_bn")[:2]
+    ['resnet18_bn', 'resnet34_bn']
+
+Every model name is also a builder: ``zoo.resnet50_gn(num_classes=10)``.
+"""
+
+from . import models  # noqa: F401  (registers the architectures)
+from .norms import NormSpec, get_norm, list_norms, register_norm
+from .registry import (ArchSpec, create_model, get_arch, get_builder, list_archs, list_models,
+                       parse_model_name, register_arch)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create_model", "list_models", "list_archs", "list_norms", "parse_model_name",
+    "get_builder", "get_arch", "get_norm", "register_arch", "register_norm",
+    "ArchSpec", "NormSpec", "__version__",
+]
+
+
+def __getattr__(name: str):
+    # Builders such as ``zoo.resnet50_gn`` are made on first use from the registry.
+    try:
+        builder = get_builder(name)
+    except ValueError:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}") from None
+    globals()[name] = builder
+    return builder

@@ -1,0 +1,95 @@
+"""Datasets in their standard on-disk layouts, read without trusting the files.
+
+CIFAR-10/100 come as pickles in the "python version" layout; a pickle can run code,
+so they are read with an unpickler that builds only numpy arrays and plain containers.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import NamedTuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["CifarSplit", "load_cifar", "CIFAR_MEAN", "CIFAR_STD"]
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+_NUMPY_GLOBALS = {
+    (module, name)
+    for prefix in ("numpy.core", "numpy._core")  # numpy 1.x and 2.x spell it differently
+    for module, name in ((f"{prefix}.multiarray", "_reconstruct"), (f"{prefix}.multiarray", "scalar"),
+                         (f"{prefix}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype")}
+_BUILTINS = {"list", "dict", "tuple", "set", "frozenset", "bytearray", "bytes", "str", "int",
+             "float", "complex", "bool"}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _NUMPY_GLOBALS or (module == "builtins" and name in _BUILTINS):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a CIFAR file holds only numpy arrays, "
+            f"lists and strings, so this file is not one (or has been tampered with)"
+        )
+
+
+def _read_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable CIFAR pickle ({e})") from None
+
+
+class CifarSplit(NamedTuple):
+    images: torch.Tensor  # uint8, (N, 3, 32, 32)
+    labels: torch.Tensor  # int64, (N,)
+    classes: list  # class names, index = label
+
+
+def load_cifar(root: Union[str, Path], split: str = "test") -> CifarSplit:
+    """CIFAR-10 or CIFAR-100 (fine labels) from the standard python layout.
+
+    ``root`` is the folder holding ``cifar-10-batches-py/`` or ``cifar-100-python/``,
+    or that folder itself; ``split`` is ``"train"`` or ``"test"``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    for sub in ("cifar-10-batches-py", "cifar-100-python"):
+        if (root / sub).is_dir():
+            root = root / sub
+            break
+    if (root / "batches.meta").is_file():  # CIFAR-10
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key, classes = "labels", _read_pickle(root / "batches.meta")["label_names"]
+    elif (root / "meta").is_file():  # CIFAR-100
+        names = [split]
+        label_key, classes = "fine_labels", _read_pickle(root / "meta")["fine_label_names"]
+    else:
+        raise FileNotFoundError(
+            f"{root} holds no CIFAR data: expected the python layout (cifar-10-batches-py/ or "
+            f"cifar-100-python/ as extracted from https://www.cs.toronto.edu/~kriz/cifar.html)"
+        )
+    images, labels = [], []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the CIFAR folder {root}")
+        batch = _read_pickle(path)
+        data = np.asarray(batch["data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or \
+                len(batch[label_key]) != len(data):
+            raise ValueError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got "
+                             f"{data.dtype} {data.shape} and {len(batch[label_key])} labels")
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.as_tensor(batch[label_key], dtype=torch.int64))
+    labels = torch.cat(labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"{root}: labels outside 0..{len(classes) - 1}")
+    return CifarSplit(torch.cat(images), labels, list(classes))
