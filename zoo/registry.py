@@ -178,11 +178,12 @@ def _builder_doc(name: str, arch: ArchSpec, spec: NormSpec) -> str:
     alias = f"Alias of ``{arch.name}_{spec.name}``. " if name == arch.name else ""
     paper = f" ({spec.paper})" if spec.paper else ""
     options = "".join(f", {o}" for o in arch.options)
-    return f"""{arch.title} with {spec.title} ({spec.name}). {alias}Untrained (no published weights yet).
+    dataset = {"imagenet": "ImageNet", "cifar": "CIFAR"}.get(arch.dataset, arch.dataset)
+    return f"""{arch.title} with {spec.title} ({spec.name}). {alias}No pretrained weights are published yet.
 
-    Architecture: {arch.title} for {arch.dataset} ({arch.paper}).
+    Architecture: {arch.title}, for {dataset} ({arch.paper}).
     Norm: {spec.title}{paper}; each norm slot holds {spec.rule}.
-    Input: (N, 3, H, W) RGB with H, W >= {arch.min_input_size}; trained at {arch.input_size}x{arch.input_size}.
+    Input: (N, 3, H, W) RGB with H, W >= {arch.min_input_size}; the usual size is {arch.input_size}x{arch.input_size}.
     Output: {arch.num_classes} logits unless num_classes says otherwise.
 
     Keyword-only args: weights, progress, num_classes, pretrained, norm_kwargs{options}.

@@ -1,0 +1,67 @@
+"""Regenerate the README's generated sections from the registry (never edit them by hand).
+
+    python tools/update_readme.py          # rewrite README.md
+    python tools/update_readme.py --check  # exit 1 if README.md is out of date
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import zoo  # noqa: E402
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def naming_section() -> str:
+    lines = ["| norm | method | each norm slot holds | paper |", "|---|---|---|---|"]
+    for name in zoo.list_norms():
+        spec = zoo.get_norm(name)
+        lines.append(f"| `{name}` | {spec.title} | `{spec.rule}` | {spec.paper or ''} |")
+    lines += ["", "| arch | architecture | for | classes | input (min) | params with `bn` |",
+              "|---|---|---|---|---|---|"]
+    for name in zoo.list_archs():
+        arch = zoo.get_arch(name)
+        with torch.device("meta"):
+            params = sum(p.numel() for p in zoo.create_model(name).parameters())
+        lines.append(f"| `{name}` | {arch.title} | {arch.dataset} | {arch.num_classes} | "
+                     f"{arch.input_size} ({arch.min_input_size}) | {params / 1e6:.2f} M |")
+    n_archs, n_norms = len(zoo.list_archs()), len(zoo.list_norms())
+    lines += ["", f"{n_archs} architectures x {n_norms} norms = {n_archs * n_norms} models, "
+              f"named `{{arch}}_{{norm}}`."]
+    return "\n".join(lines)
+
+
+SECTIONS = {"naming": naming_section}
+
+
+def render(text: str) -> str:
+    for key, make in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- {key}:start -->\n).*?(<!-- {key}:end -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md lacks the <!-- {key}:start/end --> markers")
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check, exit 1 if out of date")
+    args = parser.parse_args()
+    current = README.read_text()
+    fresh = render(current)
+    if args.check:
+        if fresh != current:
+            print("README.md is out of date: run python tools/update_readme.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(fresh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
