@@ -118,9 +118,9 @@ def _hooked_spec(calls):
     return NormSpec(
         name="hooked", title="hook test", rule="empty slot", make=lambda c: None, conv_bias=True,
         residual_scale=lambda k, expansion: 1.2 ** (expansion == 4 and 3 or 2) / k,
-        shortcut_scale=1.2,
+        shortcut_scale=lambda variant: 1.2 if variant == "imagenet" else None,
         logits_norm=lambda n: nn.BatchNorm1d(n, affine=False),
-        init_model=lambda model, variant: calls.append((type(model).__name__, variant)),
+        init_model=lambda model, family, variant: calls.append((family, variant)),
     )
 
 
@@ -138,7 +138,7 @@ def test_structural_hooks_in_resnets(block, layers, exponent, projections):
         assert b.shortcut_scale.item() == pytest.approx(1.2)
         assert len(b.downsample) == 1 and b.downsample[0].bias is not None
     assert all(b.shortcut_scale is None for b in blocks if b.downsample is None)
-    assert calls == [("ResNet", "imagenet")]
+    assert calls == [("resnet", "imagenet")]
     assert isinstance(model.logits_norm, nn.BatchNorm1d)
     out = model(torch.randn(4, 3, 64, 64))
     assert torch.allclose(out.mean(0), torch.zeros(10), atol=1e-5)  # batch-normalized logits
@@ -152,7 +152,7 @@ def test_structural_hooks_in_cifar_resnets_and_vggs():
                     variant="cifar", shortcut="pad")
     assert all(b.shortcut_scale is None for b in resnet.modules() if isinstance(b, BasicBlock))
     vgg = VGG(VGG_CONFIGS[11], norm=_hooked_spec(calls), variant="cifar", num_classes=10)
-    assert calls == [("ResNet", "cifar"), ("VGG", "cifar")]
+    assert calls == [("resnet", "cifar"), ("vgg", "cifar")]
     assert isinstance(vgg.logits_norm, nn.BatchNorm1d)
     assert vgg(torch.randn(3, 3, 32, 32)).shape == (3, 10)
 

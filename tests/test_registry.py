@@ -4,7 +4,8 @@ from torch import nn
 
 import zoo
 from zoo import norms as norm_registry
-from zoo.norms import NormSpec, group_count
+from zoo.norms import NormSpec
+from zoo.norms.common import group_count
 
 IMAGENET_ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                   "vgg11", "vgg13", "vgg16", "vgg19"]

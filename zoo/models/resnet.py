@@ -166,7 +166,7 @@ class ResNet(nn.Module):
         block_index = itertools.count(1)  # 1-based global block index, for residual scales
         for i, (width, blocks) in enumerate(zip(widths, layers)):
             stage = self._make_stage(block, width, blocks, 1 if i == 0 else 2,
-                                     norm, shortcut, block_index)
+                                     norm, variant, shortcut, block_index)
             self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.inplanes, num_classes)
@@ -178,7 +178,7 @@ class ResNet(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         if norm.init_model:
-            norm.init_model(self, variant)
+            norm.init_model(self, "resnet", variant)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, _Block):
@@ -189,7 +189,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(weight)
 
     def _make_stage(self, block: type, planes: int, blocks: int, stride: int, norm: NormSpec,
-                    shortcut: str, block_index: Iterator[int]) -> nn.Sequential:
+                    variant: str, shortcut: str, block_index: Iterator[int]) -> nn.Sequential:
         out_planes = planes * block.expansion
         layers = []
         for i in range(blocks):
@@ -202,7 +202,7 @@ class ResNet(nn.Module):
                     conv = _conv(self.inplanes, out_planes, 1, stride, norm.conv_bias)
                     slot = norm.layer(out_planes)
                     downsample = nn.Sequential(conv) if slot is None else nn.Sequential(conv, slot)
-                    shortcut_scale = norm.shortcut_scale
+                    shortcut_scale = norm.shortcut_scale(variant) if norm.shortcut_scale else None
             k = next(block_index)
             residual_scale = norm.residual_scale(k, block.expansion) if norm.residual_scale else None
             layers.append(block(self.inplanes, planes, stride if i == 0 else 1, downsample,

@@ -76,7 +76,7 @@ class VGG(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
         if norm.init_model:
-            norm.init_model(self, variant)
+            norm.init_model(self, "vgg", variant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.min_input_size, type(self).__name__)

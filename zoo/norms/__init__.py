@@ -13,7 +13,9 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-__all__ = ["NormSpec", "register_norm", "get_norm", "list_norms", "group_count"]
+from .common import group_count
+
+__all__ = ["NormSpec", "register_norm", "get_norm", "list_norms"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +38,14 @@ class NormSpec:
     conv_bias: bool = False
     # Residual branch scale: (1-based global block index, block expansion) -> initial value.
     residual_scale: Optional[Callable[[int, int], float]] = None
-    # Learnable scale on a projection (conv) shortcut, with this initial value.
-    shortcut_scale: Optional[float] = None
+    # Learnable scale on a projection (conv) shortcut: variant ("imagenet"/"cifar") -> initial
+    # value, or None for no scale.
+    shortcut_scale: Optional[Callable[[str], Optional[float]]] = None
     # A norm applied to the logits, built for num_classes.
     logits_norm: Optional[Callable[[int], nn.Module]] = None
-    # Weight init that replaces the architecture's own: init_model(model, dataset).
-    init_model: Optional[Callable[[nn.Module, str], None]] = None
+    # Runs once the architecture has built and initialised itself, to re-initialise or
+    # transform it: init_model(model, family ("resnet"/"vgg"), variant ("imagenet"/"cifar")).
+    init_model: Optional[Callable[[nn.Module, str, str], None]] = None
 
     def layer(self, num_channels: int) -> Optional[nn.Module]:
         """The norm layer for one slot of ``num_channels`` channels (``None``: empty slot)."""
@@ -87,19 +91,6 @@ def get_norm(name: str) -> NormSpec:
         raise ValueError(
             f"unknown norm {name!r}.{hint} Registered norms: {', '.join(_NORMS)}"
         ) from None
-
-
-def group_count(num_channels: int, max_groups: int, min_group_channels: int) -> int:
-    """``min(max_groups, C // min_group_channels)`` groups; C must split evenly into them."""
-    groups = min(max_groups, num_channels // min_group_channels)
-    if groups < 1 or num_channels % groups:
-        raise ValueError(
-            f"cannot split {num_channels} channels into groups = min({max_groups}, "
-            f"{num_channels} // {min_group_channels}) = {groups}: the channel count must be "
-            f"a positive multiple of the group count; pass norm_kwargs with other "
-            f"max_groups / min_group_channels"
-        )
-    return groups
 
 
 def _group_norm(num_channels: int, *, max_groups: int, min_group_channels: int, eps: float):
