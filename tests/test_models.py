@@ -6,9 +6,6 @@ import zoo
 from zoo.models import BasicBlock, Bottleneck, PadShortcut, ResNet, VGG, VGG_CONFIGS
 from zoo.norms import NormSpec
 
-NORM_TYPES = {"bn": nn.BatchNorm2d, "gn": nn.GroupNorm, "ln": nn.GroupNorm, "in": nn.InstanceNorm2d}
-
-
 def _min_input(name, batch=2):
     size = zoo.get_arch(zoo.parse_model_name(name)[0]).min_input_size
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -38,16 +35,17 @@ def test_every_arch_norm_combination_constructs(name):
     arch, norm = zoo.parse_model_name(name)
     assert model.config["name"] == name
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if norm == "none":
+    slot = zoo.get_norm(norm).layer(64)
+    if slot is None:  # empty norm slots: no 2d norms at all, convs carry biases
         assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d))
                        for m in model.modules())
         assert all(c.bias is not None for c in convs)
-    else:
-        # one norm after every conv, of the named kind
-        norms = [m for m in model.modules() if isinstance(m, NORM_TYPES[norm])]
+    else:  # one norm of the named kind after every conv, sized for it
+        norms = [m for m in model.modules() if type(m) is type(slot)]
         assert len(norms) == len(convs)
-        assert [n.num_features if hasattr(n, "num_features") else n.num_channels for n in norms] \
-            == [c.out_channels for c in convs]
+        for n, c in zip(norms, convs):
+            tensors = [*n.parameters(recurse=False), *n.buffers(recurse=False)]
+            assert any(t.shape == (c.out_channels,) for t in tensors)
 
 
 @pytest.mark.parametrize("name, shape", [

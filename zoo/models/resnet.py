@@ -17,7 +17,7 @@ from torch import nn
 
 from ..norms import NormSpec, get_norm
 from ..registry import ArchSpec, register_arch
-from ._input import check_input
+from ._common import apply_norm_init, check_input
 
 torch.fx.wrap("check_input")
 
@@ -177,8 +177,7 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        if norm.init_model:
-            norm.init_model(self, "resnet", variant)
+        apply_norm_init(self, norm, "resnet", variant)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, _Block):

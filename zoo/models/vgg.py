@@ -15,7 +15,7 @@ from torch import nn
 
 from ..norms import NormSpec, get_norm
 from ..registry import ArchSpec, register_arch
-from ._input import check_input
+from ._common import apply_norm_init, check_input
 
 torch.fx.wrap("check_input")
 
@@ -75,8 +75,7 @@ class VGG(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
-        if norm.init_model:
-            norm.init_model(self, "vgg", variant)
+        apply_norm_init(self, norm, "vgg", variant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.min_input_size, type(self).__name__)

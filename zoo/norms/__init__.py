@@ -2,7 +2,8 @@
 
 A :class:`NormSpec` tells an architecture what to put in each norm slot and which
 structural variants the method needs (conv biases, residual scales, a norm on the
-logits, its own weight init). Architectures never look at a norm's name.
+logits, its own weight init, a conv reparametrisation). Architectures never look at a
+norm's name.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from .common import group_count
+from .mimic import init_mimic
 
-__all__ = ["NormSpec", "register_norm", "get_norm", "list_norms"]
+__all__ = ["NormSpec", "register_norm", "get_norm", "list_norms", "create_norm", "replace_norms"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,13 @@ class NormSpec:
     # Runs once the architecture has built and initialised itself, to re-initialise or
     # transform it: init_model(model, family ("resnet"/"vgg"), variant ("imagenet"/"cifar")).
     init_model: Optional[Callable[[nn.Module, str, str], None]] = None
+    # Applied to every conv after init (bounded weight norm reparametrises the weights).
+    conv_transform: Optional[Callable[[nn.Conv2d], None]] = None
+
+    def structural_parts(self) -> list[str]:
+        """The hooks that make this norm more than a per-slot layer (empty for ordinary norms)."""
+        return [f for f in ("residual_scale", "shortcut_scale", "logits_norm", "init_model")
+                if getattr(self, f) is not None]
 
     def layer(self, num_channels: int) -> Optional[nn.Module]:
         """The norm layer for one slot of ``num_channels`` channels (``None``: empty slot)."""
@@ -93,6 +102,68 @@ def get_norm(name: str) -> NormSpec:
         ) from None
 
 
+def _check_per_layer(spec: NormSpec, what: str) -> None:
+    parts = spec.structural_parts()
+    if parts:
+        raise ValueError(
+            f"norm {spec.name!r} ({spec.title}) is structural, not a per-layer norm: it needs "
+            f"{', '.join(parts)}, which only the zoo's architectures provide, so {what}. Build a "
+            f"zoo model instead: zoo.create_model('resnet50', norm={spec.name!r}) or "
+            f"zoo.list_models('*_{spec.name}')"
+        )
+
+
+def create_norm(name: str, num_channels: int, **kwargs: Any) -> nn.Module:
+    """The layer a registered norm puts in a slot of ``num_channels`` channels, for your own
+    networks: ``create_norm("gn", 64)``; ``kwargs`` override the norm's own arguments."""
+    spec = get_norm(name)
+    _check_per_layer(spec, "it has no single layer to create")
+    if spec.conv_transform:
+        raise ValueError(
+            f"norm {name!r} also reparametrises the convs in front of it, which a lone layer "
+            f"cannot do: use zoo.replace_norms(model, {name!r}) on your network instead"
+        )
+    layer = spec.with_kwargs(**kwargs).layer(num_channels) if kwargs else spec.layer(num_channels)
+    return nn.Identity() if layer is None else layer
+
+
+def replace_norms(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
+    """Swap every ``BatchNorm2d`` and ``GroupNorm`` of ``model`` (in place) for the registered
+    norm ``name``, freshly initialised, on the same device and dtype; returns ``model``.
+
+    Works on any network, e.g. a torchvision ResNet. A norm that reparametrises convs (``bwn``)
+    is applied to every ``Conv2d`` too. Structural norms (``mimic``) raise an error.
+    """
+    spec = get_norm(name)
+    _check_per_layer(spec, "it cannot be swapped in layer by layer")
+    if kwargs:
+        spec = spec.with_kwargs(**kwargs)
+    replaced = []
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, (nn.BatchNorm2d, nn.GroupNorm)):
+                continue
+            channels = child.num_features if isinstance(child, nn.BatchNorm2d) else child.num_channels
+            layer = spec.layer(channels) or nn.Identity()
+            like = next(iter(list(child.parameters()) + list(child.buffers())), None)
+            if like is not None:
+                layer.to(device=like.device, dtype=like.dtype)
+            setattr(parent, child_name, layer.train(child.training))
+            replaced.append(type(child).__name__)
+    if not replaced:
+        raise ValueError("the model has no BatchNorm2d or GroupNorm layer to replace")
+    if spec.conv_transform:
+        for m in list(model.modules()):
+            if isinstance(m, nn.Conv2d):
+                spec.conv_transform(m)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and "arch" in config:  # a zoo model: keep its config true
+        config.update(name=f"{config['arch']}_{spec.name}", norm=spec.name,
+                      norm_kwargs=dict(spec.kwargs), norm_rule=spec.rule,
+                      replaced_norms_from=config.get("norm"))
+    return model
+
+
 def _group_norm(num_channels: int, *, max_groups: int, min_group_channels: int, eps: float):
     return nn.GroupNorm(group_count(num_channels, max_groups, min_group_channels), num_channels, eps=eps)
 
@@ -135,4 +206,16 @@ register_norm(NormSpec(
     rule="empty slot; convs get a bias",
     make=lambda c: None,
     conv_bias=True,
+))
+register_norm(NormSpec(
+    name="mimic",
+    title="MimicNorm",
+    rule="empty slot; zero-mean conv filters, residual scales, BatchNorm1d on the logits",
+    make=lambda c: None,
+    paper="Fei, Dai, Li, Zou & Xiong, AAAI 2021, arXiv:2010.09278",
+    conv_bias=True,
+    residual_scale=lambda k, expansion: 1.2 ** (2 if expansion == 1 else 3) / k,
+    shortcut_scale=lambda variant: 1.2 if variant == "imagenet" else None,
+    logits_norm=lambda num_classes: nn.BatchNorm1d(num_classes, affine=False),
+    init_model=init_mimic,
 ))

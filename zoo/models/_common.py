@@ -1,6 +1,9 @@
-"""The input check every model runs before its first conv."""
+"""What every architecture shares: the input check and the last steps of init."""
 
 import torch
+from torch import nn
+
+from ..norms import NormSpec
 
 
 def check_input(x: torch.Tensor, min_size: int, model: str) -> None:
@@ -12,3 +15,13 @@ def check_input(x: torch.Tensor, min_size: int, model: str) -> None:
             f"grayscale/RGBA to 3-channel RGB, and resize smaller images."
         )
 
+
+
+def apply_norm_init(model: nn.Module, norm: NormSpec, family: str, variant: str) -> None:
+    """Run a norm's own init and conv transform once the architecture has initialised itself."""
+    if norm.init_model:
+        norm.init_model(model, family, variant)
+    if norm.conv_transform:
+        for m in list(model.modules()):
+            if isinstance(m, nn.Conv2d):
+                norm.conv_transform(m)
