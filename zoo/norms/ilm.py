@@ -1,0 +1,269 @@
+"""ILM-Norm: a GN/IN/LN whose per-sample affine is predicted from the input's own statistics."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .common import fp32_statistics, group_count
+
+__all__ = ["ILMNorm"]
+
+_BASES = ("gn", "in", "ln")
+
+
+class ILMNorm(nn.Module):
+    r"""Instance-Level Meta Normalization (Jia, Chen & Chen, CVPR 2019, arXiv:1904.03516).
+
+    For x of shape (N, C, H, W), per sample:
+
+    1. key statistics: ``key_mean`` and unbiased ``key_var`` of each of the
+       ``Gk = C / key_group_size`` groups of consecutive channels, over
+       ``key_group_size·H·W`` values;
+    2. ``gain = sigmoid(Dw(E(key_var)))``, ``shift = tanh(Db(E(key_mean)))``, with one encoder
+       ``E = ReLU(Linear(Gk -> e))`` shared by both decoders ``Dw, Db = Linear(e -> Gk)``
+       (no biases), ``e = Gk // reduction`` if ``Gk >= reduction`` else 2; each key group's
+       value is repeated over its channels;
+    3. ``weight = gain + weight_bias``, ``bias = shift + bias_bias`` (learned (C,) offsets,
+       initialised to 1 and 0);
+    4. ``y = (x - mu) / sqrt(var + eps) * weight + bias``, with the mean and *unbiased*
+       variance of the base norm's groups: ``G = group_count(C, max_groups,
+       min_group_channels)`` for ``base="gn"``, ``G = C`` for ``"in"``, ``G = 1`` for ``"ln"``.
+
+    No running statistics: train and eval compute the same. The encoder is stored once (the
+    original registers it three times), as ``encoder``; the ReLU has no state.
+
+    Speed: one reduction over "fine" groups of ``gcd(key_group_size, C / G)`` channels gives
+    both the key and the norm statistics (merged exactly), the output is written in
+    place, and the backward is fused by hand (see ``_ILMNormFunction``); it is
+    first-order differentiable only.
+    """
+
+    def __init__(self, num_channels: int, base: str = "gn", *, max_groups: int = 32,
+                 min_group_channels: int = 2, key_group_size: int = 16, reduction: int = 16,
+                 eps: float = 1e-5):
+        super().__init__()
+        if base not in _BASES:
+            raise ValueError(f"ILMNorm base must be one of {', '.join(map(repr, _BASES))}; "
+                             f"got {base!r}")
+        if key_group_size < 1 or reduction < 1:
+            raise ValueError(f"ILMNorm needs key_group_size >= 1 and reduction >= 1; got "
+                             f"key_group_size={key_group_size}, reduction={reduction}")
+        if num_channels < 1 or num_channels % key_group_size:
+            raise ValueError(
+                f"ILMNorm needs the channel count to be a positive multiple of "
+                f"key_group_size={key_group_size} (its key-statistics groups); got "
+                f"{num_channels} channels")
+        if not eps > 0:
+            raise ValueError(f"ILMNorm needs eps > 0; got eps={eps}")
+        if base == "gn":
+            num_groups = group_count(num_channels, max_groups, min_group_channels)
+        else:
+            num_groups = num_channels if base == "in" else 1
+
+        num_key_groups = num_channels // key_group_size
+        embed_dim = num_key_groups // reduction if num_key_groups >= reduction else 2
+        self.num_channels = num_channels
+        self.base = base
+        self.num_groups = num_groups
+        self.key_group_size = key_group_size
+        self.eps = eps
+        # Key groups and norm groups are both runs of these groups of consecutive channels.
+        self.fine_group_size = math.gcd(key_group_size, num_channels // num_groups)
+
+        self.encoder = nn.Linear(num_key_groups, embed_dim, bias=False)
+        self.gain_decoder = nn.Linear(embed_dim, num_key_groups, bias=False)
+        self.shift_decoder = nn.Linear(embed_dim, num_key_groups, bias=False)
+        self.weight_bias = nn.Parameter(torch.ones(num_channels))
+        self.bias_bias = nn.Parameter(torch.zeros(num_channels))
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_channels}, base={self.base!r}, num_groups={self.num_groups}, "
+                f"key_group_size={self.key_group_size}, eps={self.eps}")
+
+    @fp32_statistics
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"ILMNorm({self.num_channels}) expects input of shape "
+                             f"(N, {self.num_channels}, H, W); got {tuple(x.shape)}")
+        group_values = self.num_channels // self.num_groups * x.shape[2] * x.shape[3]
+        if group_values < 2:
+            raise ValueError(
+                f"ILMNorm(base={self.base!r}) on input {tuple(x.shape)} normalises groups of "
+                f"{group_values} value(s): the unbiased variance needs at least 2 (n - 1 > 0)")
+        return _ILMNormFunction.apply(
+            x.contiguous(), self, self.encoder.weight, self.gain_decoder.weight,
+            self.shift_decoder.weight, self.weight_bias, self.bias_bias)
+
+
+def _group_sum(values: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums of runs of ``size`` consecutive entries along the last dim.
+
+    A matrix-vector product: torch's reduction over a short inner dim is several times
+    slower, and such tiny ops are most of the layer's time on small maps.
+    """
+    if size == 1:
+        return values
+    sums = values.reshape(values.numel() // size, size) @ values.new_ones(size)
+    return sums.view(*values.shape[:-1], values.shape[-1] // size)
+
+
+def _merge_groups(fine_mean: torch.Tensor, fine_var: torch.Tensor, count: int, ratio: int):
+    """Mean and unbiased variance of each run of ``ratio`` consecutive groups of ``count`` values.
+
+    Takes the groups' means and biased variances, shaped (N, groups). Exact parallel
+    variance, M2 = sum(count * var_i) + count * sum((mean_i - mean)^2), never
+    E[x^2] - E[x]^2, which cancels catastrophically.
+    """
+    if ratio == 1:
+        return fine_mean, fine_var * (count / (count - 1))
+    shape = (fine_mean.shape[0], fine_mean.shape[1] // ratio)
+    runs = (fine_mean.numel() // ratio, ratio)  # explicit sizes: the batch may be empty
+    average = fine_mean.new_full((ratio,), 1 / ratio)
+    fine_mean = fine_mean.view(runs)
+    mean = fine_mean @ average
+    deviation = fine_mean - mean.unsqueeze(1)
+    m2_per_value = torch.addcmul(fine_var.view(runs), deviation, deviation) @ average
+    return mean.view(shape), m2_per_value.mul_(ratio * count / (ratio * count - 1)).view(shape)
+
+
+def _repeat(values: torch.Tensor, times: int) -> torch.Tensor:
+    """(N, groups) -> (N, groups * times): each group's value repeated over its sub-groups."""
+    if times == 1:
+        return values
+    return values.unsqueeze(2).expand(-1, -1, times).flatten(1)
+
+
+class _ILMNormFunction(torch.autograd.Function):
+    """ILM-Norm forward and its hand-fused backward.
+
+    y = (x - mean) * scale + bias per (n, c), where mean, scale and bias depend on x only
+    through the key and norm groups' means and unbiased variances. As
+    d var / dx = 2 (x - mean) / (m - 1) and d mean / dx = 1 / m over a group of m values,
+        dx = scale * dy + alpha * x + beta,
+    alpha and beta constant over each fine group. One fused pass over dy and x gives
+    scale * dy and the per-(n, c) sums(dy * (x - mean)) and sum(dy), which drive the tiny
+    (N, C)-sized chain rule by hand (no autograd graph); two in-place passes then add
+    alpha * x + beta. On small maps the tiny ops dominate, so they are kept few.
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, *params):
+        n, c, h, w = x.shape
+        fine, key = layer.fine_group_size, layer.key_group_size
+        group = c // layer.num_groups
+        count = fine * h * w  # values per fine group
+        eps = layer.eps
+        ctx.param_dtypes = [p.dtype for p in params]
+        # A model converted to bf16 keeps bf16 parameters; the statistics run in x's dtype.
+        encoder_weight, gain_weight, shift_weight, weight_bias, bias_bias = (
+            p if p.dtype == x.dtype else p.to(x.dtype) for p in params)
+
+        # The native GroupNorm kernel is the fastest accurate moments pass on CPU
+        # (torch.var_mean is ~10x slower), and its output z = (x - fine_mean) * fine_rstd
+        # becomes y in place. eps > 0 keeps z finite on constant groups; the variance comes
+        # back exact up to rounding (absolute error ~ ulp * eps, far below what eps adds).
+        z, fine_mean, fine_rstd = torch.native_group_norm(
+            x, None, None, n, c, h * w, c // fine, eps)
+        fine_var = fine_rstd.pow(-2).sub_(eps).clamp_min_(0)
+        key_mean, key_var = _merge_groups(fine_mean, fine_var, count, key // fine)
+        mean, var = _merge_groups(fine_mean, fine_var, count, group // fine)
+
+        key_stats = torch.stack((key_var, key_mean))
+        codes = F.linear(key_stats, encoder_weight).relu_()  # one call of the shared encoder
+        gain = F.linear(codes[0], gain_weight).sigmoid_()
+        shift = F.linear(codes[1], shift_weight).tanh_()
+        weight = (gain.unsqueeze(2) + weight_bias.view(-1, key)).view(n, c)
+        bias = (shift.unsqueeze(2) + bias_bias.view(-1, key)).view(n, c)
+        rstd = var.add(eps).rsqrt_()
+
+        # y = (x - mean) * rstd * weight + bias with x - mean = z / fine_rstd + fine_mean - mean:
+        # accurate even when |mean| >> std, where the usual fold x * a + (bias - mean * a)
+        # cancels. Shapes (n, norm groups, fine groups per norm group, fine group channels).
+        fine_shape = (n, c // group, group // fine)
+        channel_shape = fine_shape + (fine,)
+        weight_4d = weight.view(channel_shape)
+        z_scale = weight_4d * (rstd.unsqueeze(2) / fine_rstd.view(fine_shape)).unsqueeze(3)
+        if group == fine:  # then mean is fine_mean
+            z_shift = bias
+        else:
+            offset = (fine_mean.view(fine_shape) - mean.unsqueeze(2)) * rstd.unsqueeze(2)
+            z_shift = torch.addcmul(bias.view(channel_shape), weight_4d, offset.unsqueeze(3))
+        # In place: a fresh large tensor costs page faults, and addcmul with a broadcast
+        # addend is not vectorised.
+        y = z.mul_(z_scale.view(n, c, 1, 1)).add_(z_shift.view(n, c, 1, 1))
+
+        ctx.sizes = fine, key, group, count
+        ctx.save_for_backward(x, encoder_weight, gain_weight, shift_weight, key_stats, codes,
+                              gain, shift, mean, rstd, weight)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        # Like the forward (see fp32_statistics), never under autocast: a backward called
+        # inside an autocast region would run the small matmuls in low precision.
+        with torch.autocast(dy.device.type, enabled=False):
+            return _ILMNormFunction._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx, dy):
+        (x, encoder_weight, gain_weight, shift_weight, key_stats, codes, gain, shift, mean, rstd,
+         weight) = ctx.saved_tensors
+        fine, key, group, count = ctx.sizes
+        n, c = weight.shape
+        need_dx = ctx.needs_input_grad[0]
+
+        # Eval-mode BatchNorm backward on (1, N*C, H*W) views is one fused pass giving, per
+        # (n, c): dy * scale, sum(dy * (x - mean)) = dL/dscale and sum(dy) = dL/dbias.
+        rows = (1, n * c, x.shape[2] * x.shape[3])
+        group_shape = (n, c // group, group)
+        scale = weight.view(group_shape) * rstd.unsqueeze(2)
+        channel_mean = mean.unsqueeze(2).expand(group_shape).reshape(-1)
+        if n:
+            dx, d_scale, d_bias = torch.ops.aten.native_batch_norm_backward(
+                dy.contiguous().view(rows), x.view(rows), scale.view(-1), channel_mean,
+                torch.ones_like(channel_mean), None, None, False, 0.0, [need_dx, True, True])
+        else:  # an empty batch would crash that kernel (it divides by the channel count)
+            dx, d_scale, d_bias = torch.empty_like(x), x.new_empty(0), x.new_empty(0)
+
+        # scale = weight * rstd, weight = gain + weight_bias, bias = shift + bias_bias.
+        d_weight = d_scale.view(group_shape) * rstd.unsqueeze(2)
+        d_rstd, d_mean = _group_sum(torch.stack((d_scale, d_bias)).view(2, n, c) * weight, group)
+        d_var = rstd.pow(3).mul_(d_rstd).mul_(-0.5)  # rstd = (var + eps)^(-1/2)
+        d_mean = d_mean.mul_(rstd).neg_()  # y depends on mean directly through (x - mean)
+        d_gain, d_shift = _group_sum(torch.stack((d_weight.view(n, c), d_bias.view(n, c))), key)
+        d_gain_logits = d_gain.mul_(gain - gain.square())
+        d_shift_logits = torch.addcmul(d_shift, d_shift * shift, shift, value=-1)
+        d_codes = torch.ops.aten.threshold_backward(
+            torch.stack((d_gain_logits @ gain_weight, d_shift_logits @ shift_weight)), codes, 0)
+        d_key_var, d_key_mean = d_codes @ encoder_weight
+        param_grads = (
+            d_codes.flatten(0, 1).T @ key_stats.flatten(0, 1),
+            d_gain_logits.T @ codes[0],
+            d_shift_logits.T @ codes[1],
+            d_weight.view(n, c).sum(0),
+            d_bias.view(n, c).sum(0),
+        )
+        param_grads = [g if g.dtype == dtype else g.to(dtype)
+                       for g, dtype in zip(param_grads, ctx.param_dtypes)]
+        if not need_dx:
+            return (None, None, *param_grads)
+
+        # Per key group and per norm group of m values: alpha = 2 dL/dvar / (m - 1),
+        # beta = dL/dmean / m - alpha * mean; summed on the fine groups both consist of.
+        key_values, group_values = key * count // fine, group * count // fine
+        key_alpha = d_key_var * (2 / (key_values - 1))
+        key_beta = torch.addcmul(d_key_mean / key_values, key_alpha, key_stats[1], value=-1)
+        norm_alpha = d_var.mul_(2 / (group_values - 1))
+        norm_beta = torch.addcmul(d_mean.div_(group_values), norm_alpha, mean, value=-1)
+        alpha = _repeat(key_alpha, key // fine) + _repeat(norm_alpha, group // fine)
+        beta = _repeat(key_beta, key // fine) + _repeat(norm_beta, group // fine)
+        per_fine_group = (n, c // fine, count)
+        dx = dx.view(per_fine_group)
+        dx.addcmul_(x.view(per_fine_group), alpha.unsqueeze(2)).add_(beta.unsqueeze(2))
+        return (dx.view_as(x), None, *param_grads)
