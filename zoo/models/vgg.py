@@ -68,11 +68,13 @@ class VGG(nn.Module):
         )
         self.logits_norm = norm.logits_norm(num_classes) if norm.logits_norm else None
 
-        for m in self.modules():
+        # Only the VGG's own layers: norms (ILM has Linear layers) initialise themselves.
+        for m in self.features:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+        for m in self.classifier:
+            if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
         apply_norm_init(self, norm, "vgg", variant)
