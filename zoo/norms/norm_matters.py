@@ -1,0 +1,487 @@
+"""Norm Matters: batch norms with cheap, low-precision-friendly scales, and bounded weight norm.
+
+Hoffer, Banner, Golan & Soudry, "Norm matters: efficient and accurate normalization schemes
+in deep networks", NeurIPS 2018, arXiv:1803.01814.
+
+Every batch norm here reduces per channel over N*H*W: mu = mean(x), A = |x - mu|, a scale s
+from A, and y = (x - mu) * s * weight + bias. They follow PyTorch's conventions, not the
+original code's: ``running = (1 - momentum) * running + momentum * batch`` in training mode,
+``running_mean`` starts at 0 and ``running_scale`` (the running average of s) at 1, weight
+starts at 1 and bias at 0, and eval mode uses the running statistics at any batch size.
+
+Training-mode forward and backward are closed forms in a few fused passes (custom autograd
+functions): a per-channel affine ``x * a + b`` through the eval form of ``batch_norm``, and
+the per-channel sums sum(g) and sum(g * (x - mu)) through one ``native_batch_norm_backward``
+reduction, which keeps their cost close to ``nn.BatchNorm2d``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.utils import parametrize
+
+from .common import fp32_statistics
+
+__all__ = [
+    "L1BatchNorm2d",
+    "TopKBatchNorm2d",
+    "LpBatchNorm2d",
+    "MeanBatchNorm2d",
+    "BoundedWeightNorm",
+    "apply_bounded_weight_norm",
+]
+
+_CHANNEL_DIMS = (0, 2, 3)
+# E|x - mu| = sigma * sqrt(2 / pi) for Gaussian x: this factor turns the mean deviation into sigma.
+_L1_TO_STD = math.sqrt(math.pi / 2)
+
+
+def _per_channel(values: torch.Tensor) -> torch.Tensor:
+    """A (C,) tensor shaped to broadcast against (N, C, H, W)."""
+    return values[:, None, None]
+
+
+def _affine(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+            shift: Optional[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(x - mean) * scale + shift`` per channel, in one fused pass (batch_norm's eval form).
+
+    ``out``: a buffer of x's shape to write into, sparing an allocation (on CPU, fresh pages
+    of a large tensor cost about as much as the pass itself).
+    """
+    unit_var = torch.ones_like(mean)
+    if out is None:
+        return F.batch_norm(x, mean, unit_var, scale, shift, training=False, momentum=0.0, eps=0.0)
+    unused_mean, unused_inv_std = mean.new_empty(0), mean.new_empty(0)
+    torch.ops.aten.native_batch_norm.out(x, scale, shift, mean, unit_var, False, 0.0, 0.0,
+                                         out=out, save_mean=unused_mean, save_invstd=unused_inv_std)
+    return out
+
+
+def _sums_of_grad(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor):
+    """Per channel ``sum(grad)`` and ``sum(grad * (x - mean))``, both in one pass over the data.
+
+    batch_norm's eval-mode backward with unit variance computes exactly these as its bias and
+    weight gradients; asking for no input gradient leaves just the reduction.
+    """
+    unit_var = torch.ones_like(mean)
+    _, sum_grad_dev, sum_grad = torch.ops.aten.native_batch_norm_backward(
+        grad, x, None, mean, unit_var, None, None, False, 0.0, [False, True, True])
+    return sum_grad, sum_grad_dev
+
+
+def _values_per_channel(x: torch.Tensor) -> int:
+    return x.size(0) * x.size(2) * x.size(3)
+
+
+class _L1Scale(torch.autograd.Function):
+    """y = (x - mu) * s * w + b, s = 1 / (c * mean|x - mu| + eps), c = sqrt(pi / 2).
+
+    With d = x - mu, m = mean|d|, per channel:
+    dL/dx = w * s * (g - mean(g) - c * s * mean(g * d) * (sign(d) - mean(sign(d)))).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        n = _values_per_channel(x)
+        mean = x.mean(_CHANNEL_DIMS)
+        buffer = torch.sub(x, _per_channel(mean))
+        mean_abs_dev = buffer.abs_().sum(_CHANNEL_DIMS) / n
+        scale = 1.0 / (_L1_TO_STD * mean_abs_dev + eps)
+        out = _affine(x, mean, scale * weight, bias, out=buffer)
+        ctx.save_for_backward(x, weight, mean, scale)
+        ctx.mark_non_differentiable(mean, scale)
+        return out, mean, scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_scale):
+        x, weight, mean, scale = ctx.saved_tensors
+        n = _values_per_channel(x)
+        sum_grad, sum_grad_dev = _sums_of_grad(grad_out, x, mean)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            sign = torch.sub(x, _per_channel(mean)).sign_()
+            mean_sign = sign.sum(_CHANNEL_DIMS) / n
+            gain = weight * scale
+            sign_coef = -_L1_TO_STD * scale * sum_grad_dev / n  # -c * s * mean(g * d)
+            # grad_x = gain * (g - mean(g) + sign_coef * (sign - mean_sign))
+            grad_x = _affine(grad_out, sum_grad / n + sign_coef * mean_sign, gain, None)
+            grad_x.addcmul_(sign, _per_channel(gain * sign_coef))
+        return grad_x, scale * sum_grad_dev, sum_grad, None
+
+
+def _linf_to_std(n: int) -> float:
+    """The paper's factor that turns the largest |x - mu| of n Gaussian values into sigma."""
+    return 0.5 * (1 + math.sqrt(math.pi * math.log(4))) / math.sqrt(2 * math.log(n))
+
+
+# Below this many rows (or above this many entries), torch.topk beats the max rounds of
+# _top_k_per_row; measured on CPU (2 cores) for k = 10.
+_TOPK_ROUNDS_MIN_ROWS = 512
+_TOPK_ROUNDS_MAX_ENTRIES = 2 ** 21
+
+
+def _top_k_per_row(values: torch.Tensor, k: int):
+    """The k largest entries of each row of a non-negative (R, L) tensor: (values, columns).
+
+    torch.topk's CPU cost is mostly per row. For many rows of float32 on CPU, k rounds of one
+    vectorized max over packed int64 keys are several times faster: a non-negative float32
+    orders like its int32 bit pattern, and the column in the low 32 bits makes every key
+    distinct (ties go to the higher column) and says which entry to take out.
+    """
+    rows, length = values.shape
+    if k == 1:
+        return values.max(1, keepdim=True)
+    if (values.device.type != "cpu" or values.dtype != torch.float32
+            or rows < _TOPK_ROUNDS_MIN_ROWS or rows * length > _TOPK_ROUNDS_MAX_ENTRIES):
+        return values.topk(k, 1)
+    low_bits = 0xFFFFFFFF
+    column = torch.arange(length, device=values.device)
+    keys = values.view(torch.int32).to(torch.int64).bitwise_left_shift_(32)
+    keys.bitwise_or_(column)
+    picked = []
+    for _ in range(k):
+        best = keys.amax(1, keepdim=True)
+        picked.append(best)
+        keys.scatter_(1, best & low_bits, -1)  # -1 is below every real key
+    picked = torch.cat(picked, 1)
+    top_values = picked.bitwise_right_shift(32).to(torch.int32).view(torch.float32)
+    return top_values, picked & low_bits
+
+
+def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int):
+    """Per channel, the k largest |x - mu| and where they are in x.
+
+    Never materialises |x - mu|: each spatial position's N values form a block, whose
+    largest deviation is max(max(x) - mu, mu - min(x)), from two cheap reductions over N.
+    The top-k entries lie in the k blocks with the largest block maxima (a block outside them
+    is beaten by k blocks, so by k entries), so only k * N candidates per channel are
+    gathered and ranked. Temporaries are updated in place: fresh allocations of this size
+    cost page faults on CPU. Returns (values (C, k), flat indices into x (C, k)).
+    """
+    batch, channels = x.size(0), x.size(1)
+    rows = x.view(batch, channels, -1)
+    spatial_size = rows.size(2)
+    mean_col = mean[:, None]
+    block_max = rows.amax(0).sub_(mean_col)
+    torch.maximum(block_max, rows.amin(0).neg_().add_(mean_col), out=block_max)
+    num_blocks = min(k, spatial_size)
+    _, block_pos = _top_k_per_row(block_max, num_blocks)  # (C, num_blocks)
+    by_channel = rows.permute(1, 0, 2)  # (C, N, H*W) view
+    candidates = by_channel.gather(2, block_pos[:, None, :].expand(channels, batch, num_blocks))
+    candidates = candidates.sub_(mean[:, None, None]).abs_().view(channels, -1)
+    top_abs, top_pos = _top_k_per_row(candidates, k)
+    sample = top_pos // num_blocks
+    spatial = block_pos.gather(1, top_pos % num_blocks)
+    channel = torch.arange(channels, device=x.device)[:, None]
+    return top_abs, (sample * channels + channel) * spatial_size + spatial
+
+
+class _TopKScale(torch.autograd.Function):
+    """y = (x - mu) * s * w + b, s = 1 / (c_n * mean(topk(|x - mu|, k)) + eps).
+
+    With d = x - mu, S the k selected entries and 1_S their indicator, per channel:
+    dL/dx = w * s * (g - mean(g) - c_n * s * sum(g * d) / k * (1_S * sign(d) - sum_S(sign(d)) / n)).
+    The sign term touches only the k selected entries.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, k, eps):
+        x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
+        n = _values_per_channel(x)
+        k = min(k, n)
+        mean = x.mean(_CHANNEL_DIMS)
+        top_abs, flat_index = _top_abs_deviations(x, mean, k)
+        const = _linf_to_std(n)
+        scale = 1.0 / (const * top_abs.mean(1) + eps)
+        out = _affine(x, mean, scale * weight, bias)
+        ctx.save_for_backward(x, weight, mean, scale, flat_index)
+        ctx.const, ctx.k = const, k
+        ctx.mark_non_differentiable(mean, scale)
+        return out, mean, scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_scale):
+        x, weight, mean, scale, flat_index = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # grad_x follows its layout and takes flat indices
+        n = _values_per_channel(x)
+        sum_grad, sum_grad_dev = _sums_of_grad(grad_out, x, mean)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            sign = (x.take(flat_index) - mean[:, None]).sign_()
+            gain = weight * scale
+            sign_coef = ctx.const * scale * sum_grad_dev / ctx.k
+            shift = (sum_grad - sign_coef * sign.sum(1)) / n
+            grad_x = _affine(grad_out, shift, gain, None)
+            grad_x.view(-1).index_add_(0, flat_index.view(-1),
+                                       (-(gain * sign_coef)[:, None] * sign).view(-1))
+        return grad_x, scale * sum_grad_dev, sum_grad, None, None
+
+
+class _LpScale(torch.autograd.Function):
+    """y = (x - mu) * s * w + b, s = (mean(|x - mu|^p) + eps)^(-1/p), for p >= 1.
+
+    With d = x - mu, psi = sign(d) |d|^(p-1), per channel:
+    dL/dx = w * s * (g - mean(g) - s^p * mean(g * d) * (psi - mean(psi))).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, p, eps):
+        n = _values_per_channel(x)
+        mean = x.mean(_CHANNEL_DIMS)
+        buffer = torch.sub(x, _per_channel(mean))
+        moment = buffer.abs_().pow_(p).sum(_CHANNEL_DIMS) / n
+        scale = (moment + eps).pow(-1.0 / p)
+        out = _affine(x, mean, scale * weight, bias, out=buffer)
+        ctx.save_for_backward(x, weight, mean, scale)
+        ctx.p = p
+        ctx.mark_non_differentiable(mean, scale)
+        return out, mean, scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_scale):
+        x, weight, mean, scale = ctx.saved_tensors
+        p = ctx.p
+        n = _values_per_channel(x)
+        sum_grad, sum_grad_dev = _sums_of_grad(grad_out, x, mean)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            dev = torch.sub(x, _per_channel(mean))
+            magnitude = dev.abs().pow_(p - 1)
+            psi = magnitude.mul_(dev.sign_())
+            mean_psi = psi.sum(_CHANNEL_DIMS) / n
+            gain = weight * scale
+            psi_coef = -scale.pow(p) * sum_grad_dev / n  # -s^p * mean(g * d)
+            # grad_x = gain * (g - mean(g) + psi_coef * (psi - mean_psi))
+            grad_x = _affine(grad_out, sum_grad / n + psi_coef * mean_psi, gain, None)
+            grad_x.addcmul_(psi, _per_channel(gain * psi_coef))
+        return grad_x, scale * sum_grad_dev, sum_grad, None, None
+
+
+class _MeanShift(torch.autograd.Function):
+    """y = x - mu + b; dL/dx = g - mean(g) per channel, each in one fused pass.
+
+    (Autograd through ``x - x.mean()`` would materialise the broadcast mean gradient and then
+    add it: two full-size tensors where one will do.)
+    """
+
+    @staticmethod
+    def forward(ctx, x, bias):
+        mean = x.mean(_CHANNEL_DIMS)
+        ctx.num_values = _values_per_channel(x)
+        ctx.mark_non_differentiable(mean)
+        return _affine(x, mean, torch.ones_like(mean), bias), mean
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out, _grad_mean):
+        sum_grad = grad_out.sum(_CHANNEL_DIMS)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _affine(grad_out, sum_grad / ctx.num_values, torch.ones_like(sum_grad), None)
+        return grad_x, sum_grad
+
+
+def _check_input(x: torch.Tensor, num_features: int, training: bool) -> None:
+    if x.dim() != 4 or x.size(1) != num_features:
+        raise ValueError(f"expected a (N, {num_features}, H, W) input, got shape {tuple(x.shape)}")
+    if training and _values_per_channel(x) < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                         f"size {tuple(x.shape)}")
+
+
+class _ScaledBatchNorm2d(nn.Module):
+    """The shared parts: parameters, running statistics, eval mode and the checks."""
+
+    def __init__(self, num_features: int, eps: float, momentum: float):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.empty(num_features))
+        self.bias = nn.Parameter(torch.empty(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_scale", torch.ones(num_features))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_scale.fill_(1)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def _batch_normalize(self, x, weight, bias):
+        """Training-mode (y, batch mean, batch scale)."""
+        raise NotImplementedError
+
+    @fp32_statistics
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.num_features, self.training)
+        # Parameters (and buffers) may be bf16 after a user's model.to(); compute in x's dtype.
+        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+        if not self.training:
+            running_mean = self.running_mean.to(x.dtype)
+            return _affine(x, running_mean, self.running_scale.to(x.dtype) * weight, bias)
+        out, mean, scale = self._batch_normalize(x, weight, bias)
+        with torch.no_grad():
+            for running, batch in ((self.running_mean, mean), (self.running_scale, scale)):
+                running.mul_(1 - self.momentum).add_(batch.to(running.dtype), alpha=self.momentum)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class L1BatchNorm2d(_ScaledBatchNorm2d):
+    """L1 batch norm (Hoffer et al., "Norm matters", NeurIPS 2018, arXiv:1803.01814).
+
+    Per channel over N*H*W: mu = mean(x), ``s = 1 / (sqrt(pi/2) * mean(|x - mu|) + eps)``,
+    ``y = (x - mu) * s * weight + bias``. sqrt(pi/2) makes the mean absolute deviation an
+    estimate of sigma for Gaussian x, so s matches BatchNorm's 1/sigma.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(num_features, eps, momentum)
+
+    def _batch_normalize(self, x, weight, bias):
+        return _L1Scale.apply(x, weight, bias, self.eps)
+
+
+class TopKBatchNorm2d(_ScaledBatchNorm2d):
+    """Top-k / L-infinity batch norm (Hoffer et al., "Norm matters", NeurIPS 2018,
+    arXiv:1803.01814).
+
+    Per channel over n = N*H*W values: mu = mean(x),
+    ``const = 0.5 * (1 + sqrt(pi * ln 4)) / sqrt(2 * ln n)``,
+    ``s = 1 / (const * mean(topk(|x - mu|, k)) + eps)``, ``y = (x - mu) * s * weight + bias``.
+    const turns the expected maximum deviation of n Gaussian values into sigma. k = 1 is the
+    paper's pure L-infinity norm; the authors' later code uses k = 10. A batch with fewer than
+    k values per channel (n < k) averages all n of them (k_eff = min(k, n)).
+    """
+
+    def __init__(self, num_features: int, k: int = 10, eps: float = 1e-5, momentum: float = 0.1):
+        if k < 1:
+            raise ValueError(f"k must be a positive integer, got {k}")
+        super().__init__(num_features, eps, momentum)
+        self.k = k
+
+    def _batch_normalize(self, x, weight, bias):
+        return _TopKScale.apply(x, weight, bias, self.k, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, k={self.k}, eps={self.eps}, momentum={self.momentum}"
+
+
+class LpBatchNorm2d(_ScaledBatchNorm2d):
+    """Lp batch norm (Hoffer et al., "Norm matters", NeurIPS 2018, arXiv:1803.01814).
+
+    Per channel over N*H*W: mu = mean(x), ``s = (mean(|x - mu|^p) + eps)^(-1/p)``,
+    ``y = (x - mu) * s * weight + bias``, p >= 1. p = 2 is BatchNorm with the biased variance
+    (and runs BatchNorm's own kernels).
+    """
+
+    def __init__(self, num_features: int, p: float = 2.0, eps: float = 1e-5, momentum: float = 0.1):
+        if not p >= 1:
+            raise ValueError(f"p must be >= 1, got {p}")
+        super().__init__(num_features, eps, momentum)
+        self.p = float(p)
+
+    def _batch_normalize(self, x, weight, bias):
+        if self.p == 2:
+            out, mean, inv_std = torch.native_batch_norm(
+                x, weight, bias, None, None, True, 0.0, self.eps)
+            return out, mean.detach(), inv_std.detach()
+        return _LpScale.apply(x, weight, bias, self.p, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, p={self.p}, eps={self.eps}, momentum={self.momentum}"
+
+
+class MeanBatchNorm2d(nn.Module):
+    """Mean-only batch norm (Hoffer et al., "Norm matters", NeurIPS 2018, arXiv:1803.01814).
+
+    Per channel over N*H*W: ``y = x - mean(x) + bias``; no scale and no weight. The paper pairs
+    it with bounded weight norm on the conv in front (:func:`apply_bounded_weight_norm`).
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1):
+        super().__init__()
+        self.num_features = num_features
+        self.momentum = momentum
+        self.bias = nn.Parameter(torch.empty(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.zeros_(self.bias)
+
+    @fp32_statistics
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.num_features, self.training)
+        bias = self.bias.to(x.dtype)
+        if not self.training:
+            return x - _per_channel(self.running_mean.to(x.dtype) - bias)
+        out, mean = _MeanShift.apply(x, bias)
+        with torch.no_grad():
+            self.running_mean.mul_(1 - self.momentum).add_(
+                mean.to(self.running_mean.dtype), alpha=self.momentum)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, momentum={self.momentum}"
+
+
+class BoundedWeightNorm(nn.Module):
+    """Bounded weight normalization (Hoffer et al., "Norm matters", NeurIPS 2018, arXiv:1803.01814).
+
+    A parametrization for ``torch.nn.utils.parametrize.register_parametrization``: per output
+    channel c, ``w_c = rho * v_c / ||v_c||_2`` (norm over all dims but 0). rho is a fixed
+    per-layer scalar, a buffer, so a saved state_dict reloads to the same weights. With a
+    normalization after the layer the weight's norm no longer matters, and fixing it makes
+    weight decay unnecessary (the paper's point).
+    """
+
+    def __init__(self, rho: float | torch.Tensor):
+        super().__init__()
+        self.register_buffer("rho", torch.as_tensor(rho, dtype=torch.float32).detach().clone())
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, weight.dim()))
+        norm_dtype = torch.promote_types(weight.dtype, torch.float32)
+        norms = torch.linalg.vector_norm(weight, dim=dims, keepdim=True, dtype=norm_dtype)
+        # An all-zero channel stays zero rather than turning into NaN.
+        norms = norms.clamp_min(torch.finfo(norm_dtype).tiny)
+        return weight * (self.rho / norms).to(weight.dtype)
+
+    def extra_repr(self) -> str:
+        return "rho=?" if self.rho.is_meta else f"rho={self.rho.item():.4g}"
+
+
+def apply_bounded_weight_norm(module: nn.Module) -> nn.Module:
+    """Parametrize every ``nn.Conv2d`` weight in ``module`` with :class:`BoundedWeightNorm`.
+
+    Each conv's rho is the mean per-output-channel L2 norm of its current weight, so the
+    weights keep their directions and, on average, their size. Returns ``module``.
+    """
+    for conv in [m for m in module.modules() if isinstance(m, nn.Conv2d)]:
+        if parametrize.is_parametrized(conv, "weight"):
+            raise ValueError(f"{conv} already has a weight parametrization")
+        with torch.no_grad():  # a tensor, not a float: models may be built on the meta device
+            norms = torch.linalg.vector_norm(conv.weight.flatten(1), dim=1, dtype=torch.float32)
+        parametrize.register_parametrization(conv, "weight", BoundedWeightNorm(norms.mean()))
+    return module
