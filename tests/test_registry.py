@@ -15,7 +15,8 @@ CIFAR_ARCHS = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
 
 def test_registered_names_are_the_documented_ones():
     assert sorted(zoo.list_archs()) == sorted(IMAGENET_ARCHS + CIFAR_ARCHS)
-    assert zoo.list_norms() == ["bn", "gn", "in", "ln", "none", "mimic"]
+    assert zoo.list_norms() == ["bn", "gn", "in", "ln", "none", "ilm", "ilm_in", "ilm_ln", "mimic",
+                                "l1bn", "linfbn", "topkbn", "lpbn", "meanbn", "bwn"]
     for arch in zoo.list_archs():
         spec = zoo.get_arch(arch)
         assert (spec.dataset, spec.num_classes) == (

@@ -15,7 +15,10 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from .common import group_count
+from .ilm import ILMNorm
 from .mimic import init_mimic
+from .norm_matters import (L1BatchNorm2d, LpBatchNorm2d, MeanBatchNorm2d, TopKBatchNorm2d,
+                           apply_bounded_weight_norm)
 
 __all__ = ["NormSpec", "register_norm", "get_norm", "list_norms", "create_norm", "replace_norms"]
 
@@ -207,6 +210,33 @@ register_norm(NormSpec(
     make=lambda c: None,
     conv_bias=True,
 ))
+
+_ILM_PAPER = "Jia, Chen & Chen, CVPR 2019, arXiv:1904.03516"
+_ILM_KWARGS = {"key_group_size": 16, "reduction": 16, "eps": 1e-5}
+register_norm(NormSpec(
+    name="ilm",
+    title="ILM-Norm over Group Norm",
+    rule="ILMNorm(C, base='gn'): GroupNorm(min(32, C // 2), C) statistics, per-sample gain and shift",
+    make=lambda c, **kw: ILMNorm(c, "gn", **kw),
+    kwargs={"max_groups": 32, "min_group_channels": 2, **_ILM_KWARGS},
+    paper=_ILM_PAPER,
+))
+register_norm(NormSpec(
+    name="ilm_in",
+    title="ILM-Norm over Instance Norm",
+    rule="ILMNorm(C, base='in'): per-channel statistics, per-sample gain and shift",
+    make=lambda c, **kw: ILMNorm(c, "in", **kw),
+    kwargs=dict(_ILM_KWARGS),
+    paper=_ILM_PAPER,
+))
+register_norm(NormSpec(
+    name="ilm_ln",
+    title="ILM-Norm over Layer Norm",
+    rule="ILMNorm(C, base='ln'): per-sample statistics, per-sample gain and shift",
+    make=lambda c, **kw: ILMNorm(c, "ln", **kw),
+    kwargs=dict(_ILM_KWARGS),
+    paper=_ILM_PAPER,
+))
 register_norm(NormSpec(
     name="mimic",
     title="MimicNorm",
@@ -218,4 +248,56 @@ register_norm(NormSpec(
     shortcut_scale=lambda variant: 1.2 if variant == "imagenet" else None,
     logits_norm=lambda num_classes: nn.BatchNorm1d(num_classes, affine=False),
     init_model=init_mimic,
+))
+
+_NM_PAPER = "Hoffer, Banner, Golan & Soudry, NeurIPS 2018, arXiv:1803.01814"
+_BN_KWARGS = {"eps": 1e-5, "momentum": 0.1}
+register_norm(NormSpec(
+    name="l1bn",
+    title="L1 Batch Norm",
+    rule="L1BatchNorm2d(C): scale 1 / (sqrt(pi/2) mean(abs(x - mu)) + eps)",
+    make=lambda c, **kw: L1BatchNorm2d(c, **kw),
+    kwargs=dict(_BN_KWARGS),
+    paper=_NM_PAPER,
+))
+register_norm(NormSpec(
+    name="linfbn",
+    title="L-infinity Batch Norm",
+    rule="TopKBatchNorm2d(C, k=1): scale from max(abs(x - mu))",
+    make=lambda c, **kw: TopKBatchNorm2d(c, k=1, **kw),
+    kwargs=dict(_BN_KWARGS),
+    paper=_NM_PAPER,
+))
+register_norm(NormSpec(
+    name="topkbn",
+    title="Top-k Batch Norm",
+    rule="TopKBatchNorm2d(C, k=10): scale from the mean of the 10 largest abs(x - mu)",
+    make=lambda c, **kw: TopKBatchNorm2d(c, **kw),
+    kwargs={"k": 10, **_BN_KWARGS},
+    paper=_NM_PAPER,
+))
+register_norm(NormSpec(
+    name="lpbn",
+    title="Lp Batch Norm",
+    rule="LpBatchNorm2d(C, p=2): scale (mean(abs(x - mu)^p) + eps)^(-1/p)",
+    make=lambda c, **kw: LpBatchNorm2d(c, **kw),
+    kwargs={"p": 2.0, **_BN_KWARGS},
+    paper=_NM_PAPER,
+))
+register_norm(NormSpec(
+    name="meanbn",
+    title="Mean-only Batch Norm",
+    rule="MeanBatchNorm2d(C): x - mu + bias",
+    make=lambda c, momentum: MeanBatchNorm2d(c, momentum=momentum),
+    kwargs={"momentum": 0.1},
+    paper=_NM_PAPER,
+))
+register_norm(NormSpec(
+    name="bwn",
+    title="Bounded Weight Norm",
+    rule="MeanBatchNorm2d(C); every conv weight rho * v / norm(v) per output channel",
+    make=lambda c, momentum: MeanBatchNorm2d(c, momentum=momentum),
+    kwargs={"momentum": 0.1},
+    paper=_NM_PAPER,
+    conv_transform=apply_bounded_weight_norm,
 ))
