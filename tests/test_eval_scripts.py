@@ -1,0 +1,25 @@
+import csv
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_norm_speed_runs_in_quick_mode_and_writes_csv(tmp_path):
+    out = tmp_path / "speed.csv"
+    result = subprocess.run([sys.executable, "eval/norm_speed.py", "--quick", "--csv", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    layers = {r["layer"] for r in rows}
+    assert {"ilm", "ilm (original)", "l1bn", "l1bn (original)", "linfbn", "topkbn"} <= layers
+    assert all(float(r["ms"]) > 0 and float(r["ratio"]) > 0 for r in rows)
+    assert {r["baseline"] for r in rows if r["layer"].startswith("ilm")} == {"gn", "in", "ln"}
+    table = [line for line in result.stdout.splitlines() if line.startswith("| (")]
+    assert len(table) == len(rows)
+
+
+def test_norm_speed_rejects_unknown_norms():
+    result = subprocess.run([sys.executable, "eval/norm_speed.py", "--quick", "--norms", "mimic"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "not per-layer norms: mimic" in result.stderr
