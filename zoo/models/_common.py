@@ -16,12 +16,8 @@ def check_input(x: torch.Tensor, min_size: int, model: str) -> None:
         )
 
 
-
 def apply_norm_init(model: nn.Module, norm: NormSpec, family: str, variant: str) -> None:
     """Run a norm's own init and conv transform once the architecture has initialised itself."""
     if norm.init_model:
         norm.init_model(model, family, variant)
-    if norm.conv_transform:
-        for m in list(model.modules()):
-            if isinstance(m, nn.Conv2d):
-                norm.conv_transform(m)
+    norm.transform_convs(model)

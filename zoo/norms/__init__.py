@@ -59,6 +59,13 @@ class NormSpec:
         return [f for f in ("residual_scale", "shortcut_scale", "logits_norm", "init_model")
                 if getattr(self, f) is not None]
 
+    def transform_convs(self, model: nn.Module) -> None:
+        """Apply ``conv_transform`` to every conv of ``model`` (nothing for most norms)."""
+        if self.conv_transform:
+            for m in list(model.modules()):
+                if isinstance(m, nn.Conv2d):
+                    self.conv_transform(m)
+
     def layer(self, num_channels: int) -> Optional[nn.Module]:
         """The norm layer for one slot of ``num_channels`` channels (``None``: empty slot)."""
         return self.make(num_channels, **self.kwargs)
@@ -126,7 +133,7 @@ def create_norm(name: str, num_channels: int, **kwargs: Any) -> nn.Module:
             f"norm {name!r} also reparametrises the convs in front of it, which a lone layer "
             f"cannot do: use zoo.replace_norms(model, {name!r}) on your network instead"
         )
-    layer = spec.with_kwargs(**kwargs).layer(num_channels) if kwargs else spec.layer(num_channels)
+    layer = spec.with_kwargs(**kwargs).layer(num_channels)
     return nn.Identity() if layer is None else layer
 
 
@@ -139,8 +146,7 @@ def replace_norms(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
     """
     spec = get_norm(name)
     _check_per_layer(spec, "it cannot be swapped in layer by layer")
-    if kwargs:
-        spec = spec.with_kwargs(**kwargs)
+    spec = spec.with_kwargs(**kwargs)
     replaced = []
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
@@ -155,10 +161,7 @@ def replace_norms(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
             replaced.append(type(child).__name__)
     if not replaced:
         raise ValueError("the model has no BatchNorm2d or GroupNorm layer to replace")
-    if spec.conv_transform:
-        for m in list(model.modules()):
-            if isinstance(m, nn.Conv2d):
-                spec.conv_transform(m)
+    spec.transform_convs(model)
     config = getattr(model, "config", None)
     if isinstance(config, dict) and "arch" in config:  # a zoo model: keep its config true
         config.update(name=f"{config['arch']}_{spec.name}", norm=spec.name,
