@@ -3,6 +3,7 @@ architecture names (``resnet50`` is ``resnet50_bn``).
 
     torch.hub.list("<repo>")
     torch.hub.load("<repo>", "resnet50_gn", num_classes=10)
+    torch.hub.load("<repo>", "resnet20_ilm", weights="DEFAULT")   # see zoo.list_weights()
 """
 
 dependencies = ["torch"]

@@ -5,7 +5,8 @@
     >>> list_models("resnet*_bn")[:2]
     ['resnet18_bn', 'resnet34_bn']
 
-Every model name is also a builder: ``zoo.resnet50_gn(num_classes=10)``.
+Every model name is also a builder: ``zoo.resnet50_gn(num_classes=10)``. Pretrained weights:
+``create_model("resnet20_ilm", weights="DEFAULT")``, ``list_weights()``, ``get_weight(name)``.
 """
 
 from . import models  # noqa: F401  (registers the architectures)
@@ -13,6 +14,8 @@ from .norms import NormSpec, create_norm, get_norm, list_norms, register_norm, r
 from .norms.mimic import attach_weight_mean
 from .registry import (ArchSpec, create_model, get_arch, get_builder, list_archs, list_models,
                        parse_model_name, register_arch)
+from .weights import (Weights, WeightsError, get_model_weights, get_weight, list_weights,
+                      load_weights, read_checkpoint, save_checkpoint)
 
 __version__ = "0.1.0"
 
@@ -20,7 +23,8 @@ __all__ = [
     "create_model", "list_models", "list_archs", "list_norms", "parse_model_name",
     "get_builder", "get_arch", "get_norm", "register_arch", "register_norm",
     "create_norm", "replace_norms", "attach_weight_mean",
-    "ArchSpec", "NormSpec", "__version__",
+    "get_weight", "list_weights", "get_model_weights", "save_checkpoint", "read_checkpoint",
+    "load_weights", "Weights", "WeightsError", "ArchSpec", "NormSpec", "__version__",
 ]
 
 

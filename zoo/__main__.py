@@ -1,7 +1,8 @@
 """``python -m zoo``: load a model and show what it does on CIFAR-10 test images.
 
-No pretrained weights are published yet, so the model is untrained and scores near
-chance; the run shows the model, its norm and config, its predictions and its speed.
+The model gets its default pretrained weights when it has any (shipped with the package,
+so this works offline); otherwise it is untrained, seeded, and scores near chance. The
+run shows the model, its norm and weights, its predictions, its accuracy and its speed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 import torch
 
 import zoo
-from zoo.data import CIFAR_MEAN, CIFAR_STD, load_cifar
+import zoo.weights
+from zoo.data import load_cifar
 
 DEFAULT_DATA = Path(os.environ.get(
     "NORMZOO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "cifar10"
@@ -29,7 +31,10 @@ def main(argv=None) -> int:
                         help="folder with cifar-10-batches-py/ (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=1000, help="images to classify (default: %(default)s)")
     parser.add_argument("-b", "--batch-size", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0, help="seed for the untrained weights")
+    parser.add_argument("--weights", default="DEFAULT",
+                        help="'DEFAULT', a tag, a local .safetensors file, or 'none' for an "
+                             "untrained model (default: %(default)s, untrained if none are published)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for an untrained model")
     args = parser.parse_args(argv)
 
     try:
@@ -44,21 +49,31 @@ def main(argv=None) -> int:
     images, labels = data.images[: max(args.limit, 1)], data.labels[: max(args.limit, 1)]
 
     torch.manual_seed(args.seed)
-    model = zoo.create_model(args.model, num_classes=len(data.classes)).eval()
+    weights = None if args.weights.lower() == "none" else args.weights
+    if weights == "DEFAULT" and not zoo.list_weights("{}_{}.*".format(*zoo.parse_model_name(args.model))):
+        weights = None  # nothing published for this model: show it untrained
+    try:
+        model = zoo.create_model(args.model, weights=weights, num_classes=len(data.classes)).eval()
+    except zoo.WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     print(f"NormZoo {zoo.__version__}, torch {torch.__version__}")
+    what = (f"weights {cfg['weights']}" if weights else
+            f"UNTRAINED (seed {args.seed}; no weights published for it)")
     print(f"model: {cfg['name']} = {cfg['arch']} with norm {cfg['norm']!r} ({cfg['norm_rule']}), "
-          f"{params / 1e6:.2f} M parameters, UNTRAINED (seed {args.seed}; no weights published yet)")
+          f"{params / 1e6:.2f} M parameters, {what}")
     print(f"data:  {args.data}, test split, {len(images)} images, {len(data.classes)} classes")
+    # The weights' own evaluation preprocessing (the usual CIFAR one for an untrained model).
+    preprocess = zoo.weights.eval_transforms(
+        cfg.get("preprocessing") or zoo.weights.default_preprocessing(model))
 
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     predictions = []
     start = time.perf_counter()
     with torch.inference_mode():
         for batch in images.split(args.batch_size):
-            logits = model((batch.float() / 255 - mean) / std)
+            logits = model(preprocess(batch))
             predictions.append(logits.argmax(1))
     seconds = time.perf_counter() - start
     predicted = torch.cat(predictions)
@@ -67,8 +82,9 @@ def main(argv=None) -> int:
     for t, p in zip(labels[:8].tolist(), predicted[:8].tolist()):
         print(f"  {data.classes[t]:>10} -> {data.classes[p]}")
     correct = int((predicted == labels).sum())
-    print(f"top-1: {100 * correct / len(labels):.1f}% ({correct}/{len(labels)}; chance is "
-          f"{100 / len(data.classes):.0f}% for an untrained model), "
+    print(f"top-1: {100 * correct / len(labels):.1f}% ({correct}/{len(labels)}"
+          + (f"; chance is {100 / len(data.classes):.0f}% for an untrained model" if weights is None else "")
+          + "), "
           f"{len(labels) / seconds:.0f} img/s on {torch.get_num_threads()} CPU threads")
     return 0
 

@@ -13,10 +13,19 @@ from typing import NamedTuple, Union
 import numpy as np
 import torch
 
-__all__ = ["CifarSplit", "load_cifar", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["CifarSplit", "load_cifar", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+           "CATEGORIES"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Label names by the reference a checkpoint records ("categories"); None where not shipped.
+CATEGORIES = {
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"],
+}
 
 _NUMPY_GLOBALS = {
     (module, name)

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Optional, Union
 from torch import nn
 
 from .norms import NormSpec, get_norm, list_norms
+from .weights import Weights, WeightsError, load_weights, read_metadata, resolve_weights
 
 __all__ = [
     "ArchSpec", "register_arch", "get_arch", "list_archs", "list_models",
@@ -107,10 +108,15 @@ def create_model(
         name: ``{arch}_{norm}`` or a bare architecture name (then ``norm`` picks the norm, default bn).
         norm: a registered norm name; only together with a bare architecture name.
         num_classes: classifier size (default: the architecture's dataset, 1000 or 10).
-        weights, pretrained, progress: pretrained weights (none are published yet).
+        weights: ``"DEFAULT"``, a tag, ``"model.tag"``, a :class:`~zoo.weights.Weights`, or a
+            local safetensors file / Hub-ready folder. See ``zoo.list_weights()``.
+        pretrained: ``True`` is the model's first published (fixed) weights.
+        progress: show a progress bar while downloading.
         norm_kwargs: overrides of the norm's own arguments, e.g. ``{"eps": 1e-3}``.
         **kwargs: architecture options, e.g. ``zero_init_residual=True`` for ResNets.
 
+    With weights and a different ``num_classes`` everything but the classifier (and a
+    logits norm) is loaded; the new head is freshly initialised (for fine-tuning).
     The returned model carries ``model.config``: everything needed to build it again.
     """
     arch_name, name_norm = parse_model_name(name)
@@ -121,14 +127,24 @@ def create_model(
         )
     arch = get_arch(arch_name)
     spec: NormSpec = get_norm(norm if norm is not None else name_norm)
+    full_name = f"{arch.name}_{spec.name}"
+    source = resolve_weights(full_name, weights, pretrained)
+    build_classes = num_classes
+    if source is not None:
+        # Build what the checkpoint was trained as; a different num_classes gets a new head.
+        saved = source.entry if isinstance(source, Weights) else read_metadata(source)
+        if saved.get("model", full_name) != full_name:
+            raise WeightsError(f"{source} holds weights of {saved['model']}, not {full_name}; "
+                               f"use create_model({saved['model']!r}, weights=...)")
+        saved_norm_kwargs = saved.get("norm_kwargs", {})
+        if norm_kwargs and {**saved_norm_kwargs, **norm_kwargs} != saved_norm_kwargs:
+            raise WeightsError(f"the weights were trained with norm_kwargs={saved_norm_kwargs}; "
+                               f"norm_kwargs={norm_kwargs} would not fit them")
+        norm_kwargs = saved_norm_kwargs
+        kwargs = {**saved.get("model_kwargs", {}), **kwargs}
+        build_classes = saved.get("num_classes")
     if norm_kwargs:
         spec = spec.with_kwargs(**norm_kwargs)
-    full_name = f"{arch.name}_{spec.name}"
-    if weights is not None or pretrained:
-        raise ValueError(
-            f"no pretrained weights are published for {full_name!r} yet; build it untrained "
-            f"with weights=None (the default) and pretrained=False"
-        )
     unknown = sorted(set(kwargs) - set(arch.options))
     if unknown:
         accepted = ["norm", "num_classes", "weights", "pretrained", "progress", "norm_kwargs",
@@ -137,24 +153,26 @@ def create_model(
             f"{full_name} got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
             f"it accepts: {', '.join(accepted)}"
         )
-    if num_classes is None:
-        num_classes = arch.num_classes
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    for n in (num_classes, build_classes):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"num_classes must be a positive integer, got {n!r}")
+    build_classes = build_classes or num_classes or arch.num_classes
 
-    model = arch.build(norm=spec, num_classes=num_classes, **kwargs)
+    model = arch.build(norm=spec, num_classes=build_classes, **kwargs)
     model.config = {
         "name": full_name,
         "arch": arch.name,
         "norm": spec.name,
         "norm_kwargs": dict(spec.kwargs),
         "norm_rule": spec.rule,
-        "num_classes": num_classes,
+        "num_classes": build_classes,
         "dataset": arch.dataset,
         "input_size": [3, arch.input_size, arch.input_size],
         "min_input_size": [3, arch.min_input_size, arch.min_input_size],
         **kwargs,
     }
+    if source is not None:
+        load_weights(model, source, progress=progress, num_classes=num_classes)
     return model
 
 
@@ -179,7 +197,7 @@ def _builder_doc(name: str, arch: ArchSpec, spec: NormSpec) -> str:
     paper = f" ({spec.paper})" if spec.paper else ""
     options = "".join(f", {o}" for o in arch.options)
     dataset = {"imagenet": "ImageNet", "cifar": "CIFAR"}.get(arch.dataset, arch.dataset)
-    return f"""{arch.title} with {spec.title} ({spec.name}). {alias}No pretrained weights are published yet.
+    return f"""{arch.title} with {spec.title} ({spec.name}). {alias}{_weights_doc(f"{arch.name}_{spec.name}")}
 
     Architecture: {arch.title}, for {dataset} ({arch.paper}).
     Norm: {spec.title}{paper}; each norm slot holds {spec.rule}.
@@ -188,6 +206,17 @@ def _builder_doc(name: str, arch: ArchSpec, spec: NormSpec) -> str:
 
     Keyword-only args: weights, progress, num_classes, pretrained, norm_kwargs{options}.
     """
+
+
+def _weights_doc(model: str) -> str:
+    from .weights import _weights_of
+
+    published = _weights_of(model)
+    if not published:
+        return "No pretrained weights are published yet."
+    tags = [f"{w.tag}{' (DEFAULT)' if w.entry['default'] else ''}: top-1 "
+            f"{w.entry['metrics']['top1']}% on {w.entry['metrics']['split']}" for w in published]
+    return "Pretrained weights (weights=TAG): " + "; ".join(tags) + "."
 
 
 def _did_you_mean(name, candidates: Iterable[str]) -> str:

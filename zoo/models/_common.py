@@ -21,3 +21,8 @@ def apply_norm_init(model: nn.Module, norm: NormSpec, family: str, variant: str)
     if norm.init_model:
         norm.init_model(model, family, variant)
     norm.transform_convs(model)
+
+
+def new_logits_norm(norm: NormSpec, num_classes: int, like: torch.Tensor):
+    """The norm's logits norm for a new class count, on ``like``'s device and dtype (or None)."""
+    return norm.logits_norm(num_classes).to(like) if norm.logits_norm else None

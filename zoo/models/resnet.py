@@ -17,7 +17,7 @@ from torch import nn
 
 from ..norms import NormSpec, get_norm
 from ..registry import ArchSpec, register_arch
-from ._common import apply_norm_init, check_input
+from ._common import apply_norm_init, new_logits_norm, check_input
 
 torch.fx.wrap("check_input")
 
@@ -153,6 +153,7 @@ class ResNet(nn.Module):
                              f"or 'pad'; got {variant!r}, {shortcut!r}")
         self.min_input_size = 64 if variant == "imagenet" else 32
         self.num_stages = len(layers)
+        self._norm, self._variant = norm, variant
 
         self.inplanes = widths[0]
         if variant == "imagenet":
@@ -186,6 +187,13 @@ class ResNet(nn.Module):
                         raise ValueError(f"zero_init_residual needs a norm with a learnable "
                                          f"gain; norm {norm.name!r} has none")
                     nn.init.zeros_(weight)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier (and logits norm) for ``num_classes``."""
+        old = self.fc
+        self.fc = nn.Linear(old.in_features, num_classes).to(old.weight)
+        self.logits_norm = new_logits_norm(self._norm, num_classes, old.weight)
+        apply_norm_init(self.fc, self._norm, "resnet", self._variant)
 
     def _make_stage(self, block: type, planes: int, blocks: int, stride: int, norm: NormSpec,
                     variant: str, shortcut: str, block_index: Iterator[int]) -> nn.Sequential:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..norms import NormSpec, get_norm
 from ..registry import ArchSpec, register_arch
-from ._common import apply_norm_init, check_input
+from ._common import apply_norm_init, new_logits_norm, check_input
 
 torch.fx.wrap("check_input")
 
@@ -46,6 +46,7 @@ class VGG(nn.Module):
         if variant not in ("imagenet", "cifar"):
             raise ValueError(f"variant must be 'imagenet' or 'cifar', got {variant!r}")
         self.min_input_size = 64 if variant == "imagenet" else 32
+        self._norm, self._variant = norm, variant
         layers: list[nn.Module] = []
         channels = 3
         for v in config:
@@ -78,6 +79,16 @@ class VGG(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
         apply_norm_init(self, norm, "vgg", variant)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised last Linear (and logits norm) for ``num_classes``."""
+        old = self.classifier[-1]
+        fc = nn.Linear(old.in_features, num_classes).to(old.weight)
+        nn.init.normal_(fc.weight, 0, 0.01)
+        nn.init.zeros_(fc.bias)
+        apply_norm_init(fc, self._norm, "vgg", self._variant)
+        self.classifier[-1] = fc
+        self.logits_norm = new_logits_norm(self._norm, num_classes, old.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.min_input_size, type(self).__name__)

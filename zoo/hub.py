@@ -1,0 +1,330 @@
+"""Manifest and Hugging Face Hub tools: ``python -m zoo.hub {register,build,publish,check}``.
+
+    (``$NORMZOO_MANIFEST`` picks another manifest than the package's.)
+
+    register FILE   add or refresh a manifest entry from a checkpoint written by
+                    ``zoo.weights.save_checkpoint`` (figures are computed, never typed)
+    build NAME      the Hub-ready folder: model.safetensors, config.json, README.md
+    publish NAME    build, upload in one commit, tag it, and pin the commit in the manifest
+    check           every entry's file: sha256, size, strict load, num_params, GMACs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from huggingface_hub import HfApi, get_token
+from torch import nn
+
+from .weights import (HUB_FILENAME, UNPUBLISHED, Weights, WeightsError, get_weight, load_manifest,
+                      manifest_path, read_metadata, sha256sum, write_manifest)
+
+DEFAULT_ORG = "normzoo"
+GITHUB_REPO = "org/normzoo"
+LICENSE = "mit"
+
+
+def count_gmacs(model: nn.Module, input_size) -> float:
+    """Multiply-adds per image in units of 1e9 (``FlopCounterMode`` counts 2 FLOPs per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *input_size))
+    model.train(was_training)
+    return round(counter.get_total_flops() / 2 / 1e9, 4)
+
+
+def _loaded_model(path: Path) -> nn.Module:
+    from .registry import create_model
+
+    meta = read_metadata(path)
+    if "model" not in meta:
+        raise WeightsError(f"{path} has no NormZoo metadata; write it with "
+                           f"zoo.weights.save_checkpoint")
+    return create_model(meta["model"], weights=path, progress=False)
+
+
+def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
+               mirror_url: Optional[str] = None, previous: Optional[dict] = None) -> dict:
+    """A manifest entry for a checkpoint file; every figure is computed from the file."""
+    from .norms import get_norm
+
+    path = Path(path)
+    meta = read_metadata(path)
+    missing = [k for k in ("name", "model", "tag", "metrics", "recipe", "preprocessing") if k not in meta]
+    if missing or not {"top1", "top5", "split", "num_images"} <= set(meta.get("metrics", {})) \
+            or not {"command", "commit"} <= set(meta.get("recipe", {})):
+        raise WeightsError(f"{path} lacks what a published checkpoint records (missing "
+                           f"{missing or 'metrics top1/top5/split/num_images or recipe command/commit'}); "
+                           f"save it with save_checkpoint(..., metrics=..., recipe=...)")
+    model = _loaded_model(path)
+    sha = sha256sum(path)
+    republished = previous is not None and previous["sha256"] == sha
+    return {
+        "name": meta["name"],
+        "model": meta["model"],
+        "architecture": meta["architecture"],
+        "norm": meta["norm"],
+        "tag": meta["tag"],
+        "norm_kwargs": meta["norm_kwargs"],
+        "model_kwargs": meta["model_kwargs"],
+        "dataset": meta["dataset"],
+        "num_classes": meta["num_classes"],
+        "categories": meta["categories"],
+        "hub_repo_id": hub_repo_id or (previous or {}).get("hub_repo_id") or f"{DEFAULT_ORG}/{meta['name']}",
+        "filename": HUB_FILENAME,
+        "revision": previous["revision"] if republished else UNPUBLISHED,
+        "mirror_url": mirror_url or (previous or {}).get("mirror_url"),
+        "shipped": None,
+        "sha256": sha,
+        "size_bytes": path.stat().st_size,
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "gmacs": count_gmacs(model, meta["preprocessing"]["input_size"]),
+        "preprocessing": meta["preprocessing"],
+        "metrics": {k: meta["metrics"][k] for k in ("top1", "top5", "split", "num_images")},
+        "recipe": {k: meta["recipe"][k] for k in ("command", "commit")},
+        "license": LICENSE,
+        "paper": get_norm(meta["norm"]).paper,
+        "default": False,
+    }
+
+
+def register(path: Union[str, Path], *, default: bool = False, ship: bool = False,
+             hub_repo_id: Optional[str] = None, mirror_url: Optional[str] = None) -> dict:
+    """Add or replace the checkpoint's manifest entry; ``ship`` copies it into the package.
+
+    The first weights of a model become its default; ``default=True`` moves the default.
+    """
+    manifest_file = manifest_path()
+    data = load_manifest(manifest_file)
+    name = read_metadata(path).get("name")
+    previous = next((e for e in data["weights"] if e["name"] == name), None)
+    entry = make_entry(path, hub_repo_id=hub_repo_id, mirror_url=mirror_url, previous=previous)
+    same_model = [e for e in data["weights"] if e["model"] == entry["model"] and e["name"] != name]
+    entry["default"] = default or (previous or {}).get("default", False) or not same_model
+    if entry["default"]:
+        for e in same_model:
+            e["default"] = False
+    if ship:
+        shipped = Path("pretrained") / f"{entry['name']}.safetensors"
+        (manifest_file.parent / shipped).parent.mkdir(parents=True, exist_ok=True)
+        if Path(path).resolve() != (manifest_file.parent / shipped).resolve():
+            shutil.copyfile(path, manifest_file.parent / shipped)
+        entry["shipped"] = shipped.as_posix()
+    if previous is not None:
+        data["weights"][data["weights"].index(previous)] = entry  # keeps its place: pretrained=True is pinned
+    else:
+        data["weights"].append(entry)
+    write_manifest(data, manifest_file)
+    return entry
+
+
+def check_files() -> list[str]:
+    """Problems with the files behind the manifest's entries (empty when all match).
+
+    Recomputes sha256, size, num_params and GMACs from each entry's file (shipped copy,
+    cache or download) and loads it strictly into its model.
+    """
+    manifest_file = manifest_path()
+    problems = []
+    for entry in load_manifest(manifest_file)["weights"]:
+        w = Weights(entry, manifest_file.parent)
+        try:
+            path = w.fetch(progress=False)
+        except WeightsError as e:
+            problems.append(f"{w.name}: {e}")
+            continue
+        fresh = make_entry(path, previous=entry)
+        for key in ("sha256", "size_bytes", "num_params", "gmacs", "name", "num_classes"):
+            if fresh[key] != entry[key]:
+                problems.append(f"{w.name}: {key} is {entry[key]!r} in the manifest but "
+                                f"{fresh[key]!r} in {path}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hub-ready folder and publishing
+
+
+def build_folder(name: str, out: Union[str, Path], *, progress: bool = True) -> Path:
+    """``out/`` with model.safetensors (verified), config.json and a README.md model card."""
+    w = get_weight(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(w.fetch(progress=progress), out / HUB_FILENAME)
+    (out / "config.json").write_text(json.dumps(hub_config(w), indent=2) + "\n")
+    (out / "README.md").write_text(model_card(w))
+    return out
+
+
+def hub_config(w: Weights) -> dict:
+    e = w.entry
+    return {
+        "library": "normzoo",
+        "weights": e["name"],
+        "model": e["model"],
+        "architecture": e["architecture"],
+        "norm": e["norm"],
+        "norm_kwargs": e["norm_kwargs"],
+        "model_kwargs": e["model_kwargs"],
+        "num_classes": e["num_classes"],
+        "preprocessing": e["preprocessing"],
+        "categories": e["categories"],
+        "label_names": w.meta["categories"],
+        "sha256": e["sha256"],
+    }
+
+
+def model_card(w: Weights) -> str:
+    from .norms import get_norm
+    from .registry import get_arch
+
+    e, m = w.entry, w.entry["metrics"]
+    p = e["preprocessing"]
+    return f"""---
+library_name: pytorch
+license: {e['license']}
+pipeline_tag: image-classification
+tags:
+- image-classification
+- normzoo
+- {e['norm']}
+- {e['architecture']}
+datasets:
+- {e['dataset']}
+metrics:
+- accuracy
+---
+
+# {e['name']}
+
+`{e['model']}` from [NormZoo](https://github.com/{GITHUB_REPO}): {get_arch(e['architecture']).title}
+with {get_norm(e['norm']).title} (`{e['norm']}`), trained on {e['dataset']} ({e['num_classes']} classes).
+
+## Usage
+
+```python
+import torch
+model = torch.hub.load("{GITHUB_REPO}", "{e['model']}", weights="{e['tag']}").eval()
+
+# or, with NormZoo installed (pip install git+https://github.com/{GITHUB_REPO}):
+import zoo
+model = zoo.create_model("{e['model']}", weights="{e['tag']}").eval()
+preprocess = zoo.get_weight("{e['name']}").transforms()  # PIL image or uint8 tensor -> input
+```
+
+## Metrics
+
+| split | images | top-1 (%) | top-5 (%) |
+|---|---|---|---|
+| {m['split']} | {m['num_images']} | {m['top1']} | {m['top5']} |
+
+Parameters: {e['num_params']:,}; GMACs per image at {p['input_size'][1]}x{p['input_size'][2]}: {e['gmacs']}.
+Preprocessing: resize {p['resize'] or 'none'}, center crop {p['crop']}, {p['interpolation']},
+mean {p['mean']}, std {p['std']}.
+
+## Recipe
+
+```sh
+{e['recipe']['command']}
+```
+at commit `{e['recipe']['commit']}`.
+
+## Citation
+
+{e['paper'] or 'See the NormZoo README for the method and architecture references.'}
+
+File sha256: `{e['sha256']}`.
+"""
+
+
+def publish(name: str, repo_id: Optional[str] = None, *, out: Union[str, Path, None] = None,
+            dry_run: bool = False) -> dict:
+    """Build the folder, upload it in one commit, tag it and pin the commit in the manifest.
+
+    Returns ``{"folder", "repo_id", "revision"}`` (revision None for a dry run).
+    """
+    import tempfile
+
+    w = get_weight(name)
+    repo_id = repo_id or w.entry["hub_repo_id"]
+    folder = build_folder(name, out or Path(tempfile.mkdtemp(prefix="normzoo-hub-")) / name)
+    if dry_run:
+        return {"folder": folder, "repo_id": repo_id, "revision": None}
+    token = get_token()
+    if not token:
+        raise WeightsError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then "
+                           "publish again (--dry-run builds the folder without one)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                               commit_message=f"NormZoo {name} (sha256 {w.entry['sha256'][:16]})")
+    revision = commit.oid
+    api.create_tag(repo_id, tag=f"{w.tag}-{w.entry['sha256'][:8]}", revision=revision,
+                   repo_type="model", exist_ok=True)
+    manifest_file = manifest_path()
+    data = load_manifest(manifest_file)
+    for entry in data["weights"]:
+        if entry["name"] == name:
+            entry["hub_repo_id"], entry["revision"] = repo_id, revision
+    write_manifest(data, manifest_file)
+    return {"folder": folder, "repo_id": repo_id, "revision": revision}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zoo.hub", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("register", help="add or refresh a manifest entry from a checkpoint")
+    p.add_argument("file")
+    p.add_argument("--default", action="store_true", help="make it the model's weights='DEFAULT'")
+    p.add_argument("--ship", action="store_true", help="copy it into the package (small files)")
+    p.add_argument("--repo-id", help=f"Hub repo (default: {DEFAULT_ORG}/<name>)")
+    p.add_argument("--mirror-url")
+    p = sub.add_parser("build", help="build the Hub-ready folder")
+    p.add_argument("name")
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("publish", help="upload to the Hub and pin the commit in the manifest")
+    p.add_argument("name")
+    p.add_argument("--repo-id")
+    p.add_argument("--out", help="where to build the folder (default: a temporary folder)")
+    p.add_argument("--dry-run", action="store_true", help="build the folder only")
+    sub.add_parser("check", help="recompute every entry's file figures")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "register":
+            e = register(args.file, default=args.default, ship=args.ship, hub_repo_id=args.repo_id,
+                         mirror_url=args.mirror_url)
+            print(f"registered {e['name']}: sha256 {e['sha256'][:16]}..., {e['size_bytes']} bytes, "
+                  f"{e['num_params']:,} params, {e['gmacs']} GMACs, top-1 {e['metrics']['top1']} on "
+                  f"{e['metrics']['split']}{', default' if e['default'] else ''}"
+                  f"{', shipped' if e['shipped'] else ''}")
+        elif args.command == "build":
+            print(build_folder(args.name, args.out))
+        elif args.command == "publish":
+            r = publish(args.name, args.repo_id, out=args.out, dry_run=args.dry_run)
+            print(f"built {r['folder']}" + ("" if args.dry_run else
+                  f"; published {r['repo_id']}@{r['revision']} and pinned it in the manifest"))
+        else:
+            problems = check_files()
+            print("\n".join(problems) or f"all {len(load_manifest()['weights'])} "
+                                          f"entries match their files")
+            return 1 if problems else 0
+    except (WeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,718 @@
+"""Pretrained weights: the manifest, checkpoint files, where they come from and how they load.
+
+Every published checkpoint is one entry of ``weights_manifest.json`` (package data, next to
+this module), named ``{model}.{tag}``: ``resnet20_ilm.cifar10``. A file is found, in order:
+
+1. an explicit local file or Hub-ready folder the user passes (``weights="path"``);
+2. the copy shipped inside this package (small CIFAR checkpoints), so clones work offline;
+3. the Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE`` is honoured);
+4. ``hf_hub_download`` at the entry's pinned commit (``HF_ENDPOINT`` is honoured);
+5. the entry's mirror URL, streamed with ``requests`` into NormZoo's cache.
+
+A file from 2-5 is used only if its sha256 equals the manifest's. Files are safetensors:
+nothing on the load path unpickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+_log = logging.getLogger("zoo")
+
+MANIFEST_PATH = Path(__file__).resolve().parent / "weights_manifest.json"
+SCHEMA_VERSION = 1
+UNPUBLISHED = "unpublished"  # the revision of an entry not (yet) on the Hub
+HUB_FILENAME = "model.safetensors"
+
+# Every key an entry has, none optional (a value may be null where the text says so).
+ENTRY_KEYS = (
+    "name",          # "{model}.{tag}"
+    "model",         # "{arch}_{norm}", the zoo model name
+    "architecture",  # the registered architecture
+    "norm",
+    "tag",
+    "norm_kwargs",   # norm keyword arguments the weights were trained with
+    "model_kwargs",  # architecture options the weights were trained with
+    "dataset",       # what the metrics were measured on, e.g. "cifar10"
+    "num_classes",
+    "categories",    # label names reference, e.g. "cifar10" (zoo.data.CATEGORIES)
+    "hub_repo_id",
+    "filename",
+    "revision",      # a 40-hex Hub commit, or "unpublished"
+    "mirror_url",    # null or an https URL serving the same bytes
+    "shipped",       # null, or the package copy's path relative to the manifest's folder
+    "sha256",
+    "size_bytes",
+    "num_params",
+    "gmacs",         # multiply-adds per image at the preprocessing's input size, in 1e9
+    "preprocessing",
+    "metrics",       # {"top1", "top5", "split", "num_images"}
+    "recipe",        # {"command", "commit"}
+    "license",
+    "paper",
+    "default",       # the model's weights="DEFAULT"
+)
+PREPROCESSING_KEYS = ("input_size", "resize", "crop", "interpolation", "mean", "std")
+METRICS_KEYS = ("top1", "top5", "split", "num_images")
+RECIPE_KEYS = ("command", "commit")
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be found, fetched, verified or loaded; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest
+
+
+def manifest_path() -> Path:
+    """The manifest in use: ``$NORMZOO_MANIFEST`` if set (tests, forks), else the package's."""
+    return Path(os.environ.get("NORMZOO_MANIFEST") or MANIFEST_PATH)
+
+
+def load_manifest(path: Union[str, Path, None] = None) -> dict:
+    """The manifest as a dict ``{"schema_version": 1, "weights": [entry, ...]}``, validated."""
+    path = Path(path) if path is not None else manifest_path()
+    stat = path.stat() if path.exists() else None
+    if stat is None:
+        raise WeightsError(f"weights manifest {path} does not exist; reinstall NormZoo or unset "
+                           f"NORMZOO_MANIFEST")
+    return _load_manifest_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_manifest_cached(path: str, mtime_ns: int, size: int) -> dict:
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"weights manifest {path} is not valid JSON ({e})") from None
+    problems = validate_manifest(manifest)
+    if problems:
+        raise WeightsError(f"weights manifest {path} is invalid:\n  " + "\n  ".join(problems))
+    return manifest
+
+
+def validate_manifest(manifest: Any) -> list[str]:
+    """Schema problems of a manifest (empty when valid). Files are checked by ``check_files``."""
+    if not isinstance(manifest, dict) or set(manifest) != {"schema_version", "weights"}:
+        return ['the manifest must be {"schema_version": 1, "weights": [...]}']
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        return [f"schema_version must be {SCHEMA_VERSION}, got {manifest['schema_version']!r}"]
+    if not isinstance(manifest["weights"], list):
+        return ["'weights' must be a list of entries"]
+    problems, seen, defaults = [], set(), {}
+    for i, entry in enumerate(manifest["weights"]):
+        where = f"entry {i} ({entry.get('name', '?') if isinstance(entry, dict) else '?'})"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: not an object")
+            continue
+        problems += [f"{where}: {p}" for p in _entry_problems(entry)]
+        name = entry.get("name")
+        if name in seen:
+            problems.append(f"{where}: duplicate name")
+        seen.add(name)
+        if entry.get("default") is True:
+            if entry.get("model") in defaults:
+                problems.append(f"{where}: a second default for {entry['model']} "
+                                f"(first: {defaults[entry['model']]})")
+            defaults.setdefault(entry.get("model"), name)
+    return problems
+
+
+def _entry_problems(entry: dict) -> list[str]:
+    from .registry import parse_model_name
+
+    problems = _key_problems(entry, ENTRY_KEYS, "")
+    if problems:
+        return problems
+    for field, keys in (("preprocessing", PREPROCESSING_KEYS), ("metrics", METRICS_KEYS),
+                        ("recipe", RECIPE_KEYS)):
+        if not isinstance(entry[field], dict):
+            problems.append(f"{field} must be an object")
+        else:
+            problems += _key_problems(entry[field], keys, f"{field}.")
+    try:
+        arch, norm = parse_model_name(entry["model"])
+        if (arch, norm) != (entry["architecture"], entry["norm"]):
+            problems.append(f"model {entry['model']!r} is {arch} + {norm}, not "
+                            f"{entry['architecture']} + {entry['norm']}")
+    except ValueError:
+        problems.append(f"unknown model {entry['model']!r}")
+    if entry["name"] != f"{entry['model']}.{entry['tag']}":
+        problems.append(f"name must be '{{model}}.{{tag}}' = {entry['model']}.{entry['tag']}")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", str(entry["tag"])):
+        problems.append("tag must be lowercase letters, digits, '_' and '-'")
+    if not (entry["revision"] == UNPUBLISHED or _HEX40.fullmatch(str(entry["revision"]))):
+        problems.append(f"revision must be a 40-hex commit or {UNPUBLISHED!r}, not a moving "
+                        f"ref such as {entry['revision']!r}")
+    if not _SHA256.fullmatch(str(entry["sha256"])):
+        problems.append("sha256 must be 64 lowercase hex digits")
+    for field in ("num_classes", "size_bytes", "num_params"):
+        if isinstance(entry[field], bool) or not isinstance(entry[field], int) or entry[field] < 1:
+            problems.append(f"{field} must be a positive integer")
+    if not isinstance(entry["default"], bool):
+        problems.append("default must be true or false")
+    if entry["mirror_url"] is not None and not str(entry["mirror_url"]).startswith(("https://", "http://")):
+        problems.append("mirror_url must be null or an http(s) URL")
+    return problems
+
+
+def _key_problems(d: dict, keys: Iterable[str], prefix: str) -> list[str]:
+    missing = [k for k in keys if k not in d]
+    unknown = sorted(set(d) - set(keys))
+    return ([f"missing key {prefix}{k}" for k in missing]
+            + [f"unknown key {prefix}{k}" for k in unknown])
+
+
+def write_manifest(manifest: dict, path: Union[str, Path, None] = None) -> Path:
+    """Validate and write the manifest atomically (sorted keys, one entry per block)."""
+    problems = validate_manifest(manifest)
+    if problems:
+        raise WeightsError("refusing to write an invalid manifest:\n  " + "\n  ".join(problems))
+    path = Path(path) if path is not None else manifest_path()
+    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights objects
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Weights:
+    """One published checkpoint: ``zoo.get_weight("resnet20_ilm.cifar10")``.
+
+    ``meta`` holds the manifest's figures (metrics, num_params, gmacs, preprocessing,
+    categories as label names, recipe, license, paper); ``transforms()`` is the evaluation
+    preprocessing; ``get_state_dict()`` fetches, verifies and reads the file.
+    """
+
+    entry: Mapping[str, Any]
+    manifest_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.entry["name"]
+
+    @property
+    def model(self) -> str:
+        return self.entry["model"]
+
+    @property
+    def tag(self) -> str:
+        return self.entry["tag"]
+
+    @property
+    def meta(self) -> dict:
+        from .data import CATEGORIES
+
+        meta = {k: v for k, v in self.entry.items() if k not in ("name", "model", "tag")}
+        meta["categories"] = CATEGORIES.get(self.entry["categories"])
+        meta["categories_ref"] = self.entry["categories"]
+        return meta
+
+    def transforms(self):
+        """The evaluation preprocessing (torchvision transforms v2) these weights expect."""
+        return eval_transforms(self.entry["preprocessing"])
+
+    def get_state_dict(self, progress: bool = True) -> dict[str, torch.Tensor]:
+        return read_checkpoint(self.fetch(progress=progress))[0]
+
+    def fetch(self, progress: bool = True) -> Path:
+        """A verified local path of the checkpoint file (see the module docstring's order)."""
+        return _fetch(self, progress)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Weights) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        m = self.entry["metrics"]
+        return (f"Weights({self.name!r}, top1={m['top1']}, top5={m['top5']} on {m['split']}, "
+                f"revision={self.entry['revision'][:12]})")
+
+
+def list_weights(pattern: Optional[str] = None) -> list[str]:
+    """Names of all published weights (``model.tag``), optionally filtered by a shell pattern."""
+    names = [e["name"] for e in load_manifest()["weights"]]
+    return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def get_weight(name: str) -> Weights:
+    """The weights named ``model.tag``, e.g. ``get_weight("resnet20_ilm.cifar10")``."""
+    path = manifest_path()
+    for entry in load_manifest(path)["weights"]:
+        if entry["name"] == name:
+            return Weights(entry, path.parent)
+    model = str(name).split(".", 1)[0]
+    tags = _tags_of(model)
+    hint = (f"{model} has: {', '.join(tags)}" if tags else
+            f"published weights: {', '.join(list_weights()) or 'none yet'}")
+    raise WeightsError(f"no weights named {name!r} in {path}; {hint}")
+
+
+def get_model_weights(model: str) -> type[enum.Enum]:
+    """The model's weights as an Enum, torchvision style: ``get_model_weights("resnet20_ilm").CIFAR10``.
+
+    ``DEFAULT`` is an alias of the default entry.
+    """
+    from .registry import parse_model_name
+
+    arch, norm = parse_model_name(model)
+    members = {w.tag.upper().replace("-", "_"): w for w in _weights_of(f"{arch}_{norm}")}
+    default = next((w for w in members.values() if w.entry["default"]), None)
+    if default is not None:
+        members["DEFAULT"] = default
+    camel = "".join(p.capitalize() for p in f"{arch}_{norm}".split("_"))
+    return enum.Enum(f"{camel}_Weights", members)
+
+
+def _weights_of(model: str) -> list[Weights]:
+    path = manifest_path()
+    return [Weights(e, path.parent) for e in load_manifest(path)["weights"] if e["model"] == model]
+
+
+def _tags_of(model: str) -> list[str]:
+    return [w.tag for w in _weights_of(model)]
+
+
+_PRETRAINED_SAID: set[str] = set()
+
+
+def resolve_weights(model: str, weights: Any, pretrained: bool) -> Union[None, Weights, Path]:
+    """What ``create_model(model, weights=..., pretrained=...)`` asks for.
+
+    ``None``; a :class:`Weights`; or a local ``Path`` (a file, or a folder holding
+    ``model.safetensors``). ``weights`` may be ``"DEFAULT"``, a tag, ``"model.tag"``, a
+    Weights object or Enum member, or a path.
+    """
+    if isinstance(weights, enum.Enum):
+        weights = weights.value
+    if pretrained:
+        if weights is not None:
+            raise ValueError("pass either weights=... or pretrained=True, not both")
+        available = _weights_of(model)
+        if not available:
+            raise WeightsError(_none_published(model))
+        pinned = available[0]  # the model's first published entry; entries are never reordered
+        if model not in _PRETRAINED_SAID:
+            _PRETRAINED_SAID.add(model)
+            warnings.warn(f"pretrained=True loads the fixed weights {pinned.name!r}; "
+                          f"weights='DEFAULT' follows the best published ones", stacklevel=3)
+        return pinned
+    if weights is None:
+        return None
+    if isinstance(weights, Weights):
+        found = weights
+    elif isinstance(weights, os.PathLike) or (isinstance(weights, str) and _looks_like_path(weights)):
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise WeightsError(f"weights file {path} does not exist")
+        return path
+    elif isinstance(weights, str):
+        available = _weights_of(model)
+        if weights == "DEFAULT":
+            found = next((w for w in available if w.entry["default"]), None)
+            if found is None:
+                raise WeightsError(_none_published(model) if not available else
+                                   f"{model} has no default weights; pick a tag: "
+                                   f"{', '.join(w.tag for w in available)}")
+        elif "." in weights:
+            found = get_weight(weights)
+        else:
+            found = next((w for w in available if w.tag == weights), None)
+            if found is None:
+                raise WeightsError(
+                    f"{model} has no weights tagged {weights!r}; "
+                    + (f"available tags: {', '.join(w.tag for w in available)}, or 'DEFAULT'"
+                       if available else _none_published(model)))
+    else:
+        raise TypeError(f"weights must be 'DEFAULT', a tag, 'model.tag', a Weights object or a "
+                        f"path; got {type(weights).__name__}")
+    if found.model != model:
+        raise WeightsError(f"weights {found.name!r} are for {found.model}, not {model}; "
+                           f"use create_model({found.model!r}, weights={found.name!r})")
+    return found
+
+
+def _looks_like_path(text: str) -> bool:
+    return (text.endswith(".safetensors") or os.sep in text or "/" in text
+            or text.startswith(("~", ".")) or Path(text).exists())
+
+
+def _none_published(model: str) -> str:
+    published = sorted({n.split(".")[0] for n in list_weights()})
+    return (f"no pretrained weights are published for {model!r} yet; build it untrained with "
+            f"weights=None, or load your own file with weights='path/to/model.safetensors'. "
+            f"Models with weights: {', '.join(published) or 'none yet'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint files
+
+
+def sha256sum(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_preprocessing(model: nn.Module) -> dict:
+    """The usual evaluation preprocessing of a model's dataset family."""
+    from .data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+
+    size = model.config["input_size"][-1]
+    if model.config["dataset"] == "cifar":
+        return {"input_size": [3, size, size], "resize": None, "crop": size,
+                "interpolation": "bilinear", "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    return {"input_size": [3, size, size], "resize": round(size / 0.875), "crop": size,
+            "interpolation": "bilinear", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def eval_transforms(preprocessing: Mapping[str, Any]):
+    """torchvision transforms v2 for evaluation: (resize), center crop, scale to [0, 1], normalize.
+
+    Takes PIL images or uint8 tensors (single or batched).
+    """
+    from torchvision.transforms import InterpolationMode, v2
+
+    steps = [v2.ToImage()]
+    if preprocessing.get("resize"):
+        steps.append(v2.Resize(preprocessing["resize"],
+                               interpolation=InterpolationMode(preprocessing["interpolation"]),
+                               antialias=True))
+    steps += [v2.CenterCrop(preprocessing["crop"]), v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(preprocessing["mean"], preprocessing["std"])]
+    return v2.Compose(steps)
+
+
+def save_checkpoint(model: nn.Module, path: Union[str, Path], *, tag: str,
+                    dataset: Optional[str] = None, categories: Optional[str] = None,
+                    preprocessing: Optional[dict] = None, metrics: Optional[dict] = None,
+                    recipe: Optional[dict] = None) -> Path:
+    """Write a zoo model as safetensors with everything needed to rebuild and evaluate it.
+
+    ``dataset``/``categories`` default to cifar10 / imagenet-1k by the model's family;
+    ``metrics`` and ``recipe`` are recorded as given (the manifest tools copy them).
+    """
+    from safetensors.torch import save_model
+
+    from . import __version__
+
+    config = getattr(model, "config", None)
+    if not config:
+        raise WeightsError("save_checkpoint needs a zoo model (one with model.config); build it "
+                           "with zoo.create_model")
+    dataset = dataset or ("cifar10" if config["dataset"] == "cifar" else "imagenet-1k")
+    options = {k: v for k, v in config.items() if k not in _CONFIG_KEYS}
+    metadata = {
+        "format": "pt",
+        "name": f"{config['name']}.{tag}",
+        "model": config["name"],
+        "architecture": config["arch"],
+        "norm": config["norm"],
+        "tag": tag,
+        "norm_kwargs": json.dumps(config["norm_kwargs"], sort_keys=True),
+        "model_kwargs": json.dumps(options, sort_keys=True),
+        "num_classes": str(config["num_classes"]),
+        "dataset": dataset,
+        "categories": categories or dataset,
+        "preprocessing": json.dumps(preprocessing or default_preprocessing(model), sort_keys=True),
+        "metrics": json.dumps(metrics or {}, sort_keys=True),
+        "recipe": json.dumps(recipe or {}, sort_keys=True),
+        "normzoo_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        save_model(model, str(tmp_path), metadata=metadata)  # handles shared tensors
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
+# model.config keys that are not architecture options
+_CONFIG_KEYS = {"name", "arch", "norm", "norm_kwargs", "norm_rule", "num_classes", "dataset",
+                "input_size", "min_input_size", "weights", "preprocessing"}
+_JSON_METADATA = ("norm_kwargs", "model_kwargs", "preprocessing", "metrics", "recipe")
+
+
+def read_metadata(path: Union[str, Path]) -> dict:
+    """A checkpoint's metadata with JSON fields decoded (``{}`` for a file without any)."""
+    from safetensors import safe_open
+
+    path = _checkpoint_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for non-safetensors bytes
+        raise WeightsError(_not_safetensors(path, e)) from None
+    meta = dict(raw)
+    for key in _JSON_METADATA:
+        if key in meta:
+            meta[key] = json.loads(meta[key])
+    if "num_classes" in meta:
+        meta["num_classes"] = int(meta["num_classes"])
+    return meta
+
+
+def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state_dict, metadata)`` of a safetensors checkpoint file or Hub-ready folder."""
+    from safetensors.torch import load_file
+
+    path = _checkpoint_file(path)
+    meta = read_metadata(path)
+    try:
+        return load_file(str(path)), meta
+    except Exception as e:
+        raise WeightsError(_not_safetensors(path, e)) from None
+
+
+def _checkpoint_file(path: Union[str, Path]) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / HUB_FILENAME).is_file():
+            raise WeightsError(f"{path} is a folder without {HUB_FILENAME}; pass the checkpoint "
+                               f"file itself or a Hub-ready folder")
+        path = path / HUB_FILENAME
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    return path
+
+
+def _not_safetensors(path: Path, error: Exception) -> str:
+    return (f"{path} is not a readable safetensors file ({error}). NormZoo loads only "
+            f"safetensors, never pickles; convert a .pth/.pt checkpoint first "
+            f"(python -m zoo.convert) or re-download a truncated file")
+
+
+def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bool = True,
+                 num_classes: Optional[int] = None) -> list[str]:
+    """Load ``source`` strictly into ``model`` (built for the checkpoint's class count).
+
+    With a different ``num_classes`` the classifier (and logits norm) is then replaced by a
+    freshly initialised one; the re-initialised keys are returned and logged.
+    """
+    from safetensors.torch import load_model
+
+    path = source.fetch(progress=progress) if isinstance(source, Weights) else _checkpoint_file(source)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RuntimeError as e:
+        raise WeightsError(f"{path} does not fit {model.config['name']}: {_first_line(e)}") from None
+    except Exception as e:
+        raise WeightsError(_not_safetensors(path, e)) from None
+    if missing or unexpected:
+        raise WeightsError(
+            f"{path} does not fit {model.config['name']}: missing keys "
+            f"{_few(missing)}, unexpected keys {_few(unexpected)}. Was it saved from another "
+            f"model? Its metadata says {read_metadata(path).get('model', 'nothing')!r}")
+    model.config["weights"] = source.name if isinstance(source, Weights) else str(path)
+    model.config["preprocessing"] = (source.entry["preprocessing"] if isinstance(source, Weights)
+                                     else read_metadata(path).get("preprocessing"))
+    if num_classes is None or num_classes == model.config["num_classes"]:
+        return []
+    old_modules = dict(model.named_modules())
+    model.reset_classifier(num_classes)
+    new_modules = [n for n, m in model.named_modules() if old_modules.get(n) is not m]
+    reinitialized = sorted(k for k in model.state_dict()
+                           if any(k.startswith(f"{n}.") for n in new_modules))
+    model.config["num_classes"] = num_classes
+    _log.warning("%s: loaded %s with a new %d-class head; re-initialised %s",
+                 model.config["name"], model.config["weights"], num_classes, ", ".join(reinitialized))
+    return reinitialized
+
+
+def _few(keys: Iterable[str], n: int = 5) -> str:
+    keys = sorted(keys)  # safetensors' load_model returns sets
+    return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split())[:500]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching and verifying
+
+
+def cache_dir() -> Path:
+    """NormZoo's own download cache (mirror downloads): ``$NORMZOO_CACHE`` or ~/.cache/normzoo."""
+    root = os.environ.get("NORMZOO_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "normzoo"
+    return Path(root)
+
+
+def _fetch(w: Weights, progress: bool) -> Path:
+    e = w.entry
+    tried: list[str] = []
+
+    if e["shipped"]:
+        shipped = w.manifest_dir / e["shipped"]
+        if shipped.is_file() and _verified(shipped, e, tried, "shipped copy"):
+            return shipped
+        if not shipped.is_file():
+            tried.append(f"shipped copy {shipped}: missing")
+
+    published = e["revision"] != UNPUBLISHED
+    if published:
+        path = _from_hub(w, progress, tried)
+        if path is not None:
+            return path
+    else:
+        tried.append("Hugging Face Hub: not published yet (revision 'unpublished')")
+
+    if e["mirror_url"]:
+        path = _from_mirror(w, progress, tried)
+        if path is not None:
+            return path
+    raise WeightsError(
+        f"could not get a verified copy of {w.name}:\n  " + "\n  ".join(tried) + "\n"
+        + _how_to_fetch(w))
+
+
+def _how_to_fetch(w: Weights) -> str:
+    e = w.entry
+    if e["revision"] == UNPUBLISHED and not e["mirror_url"]:
+        return (f"It is not published anywhere yet; pass a local copy with "
+                f"weights='path/to/{w.name}.safetensors'.")
+    ways = []
+    if e["revision"] != UNPUBLISHED:
+        ways.append(f"on a connected machine run `hf download {e['hub_repo_id']} {e['filename']} "
+                    f"--revision {e['revision']}` and copy the Hugging Face cache (HF_HOME) here, "
+                    f"or unset HF_HUB_OFFLINE")
+    if e["mirror_url"]:
+        ways.append(f"download {e['mirror_url']}")
+    return ("To fix: " + "; or ".join(ways) + f"; or pass the file itself with "
+            f"weights='path/to/{e['filename']}' (expected sha256 {e['sha256']}).")
+
+
+def _verified(path: Path, entry: Mapping, tried: list[str], what: str) -> bool:
+    actual = sha256sum(path)
+    if actual == entry["sha256"]:
+        return True
+    tried.append(f"{what} {path}: sha256 {actual[:16]}... is not the manifest's "
+                 f"{entry['sha256'][:16]}... (corrupt, truncated or tampered)")
+    return False
+
+
+def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                       enable_progress_bars)
+
+    e = w.entry
+    where = f"Hugging Face Hub {e['hub_repo_id']}@{e['revision'][:12]}"
+    cached = try_to_load_from_cache(e["hub_repo_id"], e["filename"], revision=e["revision"])
+    if isinstance(cached, str):
+        if _verified(Path(cached), e, tried, "Hugging Face cache file"):
+            return Path(cached)
+        _remove_hub_file(Path(cached))
+    if constants.HF_HUB_OFFLINE:
+        tried.append(f"{where}: not in the cache and HF_HUB_OFFLINE is set")
+        return None
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    try:
+        for _ in range(2):  # a bad download is removed and tried once more
+            try:
+                path = Path(hf_hub_download(e["hub_repo_id"], e["filename"], revision=e["revision"],
+                                            library_name="normzoo"))
+            except Exception as err:  # HTTP, connection (httpx or requests) and cache errors alike
+                tried.append(f"{where}: {_first_line(err)}")
+                return None
+            if _verified(path, e, tried, "downloaded file"):
+                return path
+            _remove_hub_file(path)
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
+    return None
+
+
+def _remove_hub_file(pointer: Path) -> None:
+    """Remove a cached Hub file: the snapshot pointer and the blob it points to."""
+    blob = pointer.resolve()
+    pointer.unlink(missing_ok=True)
+    if blob != pointer:
+        blob.unlink(missing_ok=True)
+
+
+def _from_mirror(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
+    import requests
+
+    e = w.entry
+    target = cache_dir() / "weights" / f"{w.name}-{e['sha256'][:16]}.safetensors"
+    if target.is_file():
+        if _verified(target, e, tried, "mirror cache file"):
+            return target
+        target.unlink()
+    for _ in range(2):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, requests.get(e["mirror_url"], stream=True, timeout=30) as r:
+                r.raise_for_status()
+                with _progress_bar(int(r.headers.get("Content-Length") or 0) or None,
+                                   f"{w.name} (mirror)", progress) as bar:
+                    for chunk in r.iter_content(1 << 20):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            if not _verified(tmp, e, tried, f"mirror download {e['mirror_url']}"):
+                continue
+            os.replace(tmp, target)
+            return target
+        except requests.RequestException as err:
+            tried.append(f"mirror {e['mirror_url']}: {_first_line(err)}")
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
+    return None
+
+
+def _progress_bar(total: Optional[int], desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not enabled)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        shutil.copymode(path, tmp) if path.exists() else os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
