@@ -159,6 +159,11 @@ def build_folder(name: str, out: Union[str, Path], *, progress: bool = True) -> 
     """``out/`` with model.safetensors (verified), config.json and a README.md model card."""
     w = get_weight(name)
     out = Path(out)
+    files = (HUB_FILENAME, "config.json", "README.md")
+    others = sorted(p.name for p in out.iterdir() if p.name not in files) if out.is_dir() else []
+    if others:  # publish uploads the whole folder: nothing else may ride along
+        raise WeightsError(f"{out} holds other files ({', '.join(others[:5])}); build into an "
+                           f"empty folder")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(w.fetch(progress=progress), out / HUB_FILENAME)
     (out / "config.json").write_text(json.dumps(hub_config(w), indent=2) + "\n")

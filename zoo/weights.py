@@ -15,6 +15,7 @@ nothing on the load path unpickles.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import fnmatch
@@ -51,7 +52,7 @@ ENTRY_KEYS = (
     "model_kwargs",  # architecture options the weights were trained with
     "dataset",       # what the metrics were measured on, e.g. "cifar10"
     "num_classes",
-    "categories",    # label names reference, e.g. "cifar10" (zoo.data.CATEGORIES)
+    "categories",    # label names reference: "cifar10", "imagenet-1k" (zoo.data.categories)
     "hub_repo_id",
     "filename",
     "revision",      # a 40-hex Hub commit, or "unpublished"
@@ -92,17 +93,18 @@ def manifest_path() -> Path:
 def load_manifest(path: Union[str, Path, None] = None) -> dict:
     """The manifest as a dict ``{"schema_version": 1, "weights": [entry, ...]}``, validated."""
     path = Path(path) if path is not None else manifest_path()
-    stat = path.stat() if path.exists() else None
-    if stat is None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         raise WeightsError(f"weights manifest {path} does not exist; reinstall NormZoo or unset "
-                           f"NORMZOO_MANIFEST")
-    return _load_manifest_cached(str(path), stat.st_mtime_ns, stat.st_size)
+                           f"NORMZOO_MANIFEST") from None
+    return copy.deepcopy(_parse_manifest(text, str(path)))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_manifest_cached(path: str, mtime_ns: int, size: int) -> dict:
+def _parse_manifest(text: str, path: str) -> dict:
     try:
-        manifest = json.loads(Path(path).read_text())
+        manifest = json.loads(text)
     except json.JSONDecodeError as e:
         raise WeightsError(f"weights manifest {path} is not valid JSON ({e})") from None
     problems = validate_manifest(manifest)
@@ -223,10 +225,10 @@ class Weights:
 
     @property
     def meta(self) -> dict:
-        from .data import CATEGORIES
+        from .data import categories
 
         meta = {k: v for k, v in self.entry.items() if k not in ("name", "model", "tag")}
-        meta["categories"] = CATEGORIES.get(self.entry["categories"])
+        meta["categories"] = categories(self.entry["categories"])
         meta["categories_ref"] = self.entry["categories"]
         return meta
 
@@ -599,19 +601,23 @@ def _fetch(w: Weights, progress: bool) -> Path:
 
 
 def _how_to_fetch(w: Weights) -> str:
+    from huggingface_hub import constants
+
     e = w.entry
+    reinstall = (" A shipped copy that fails its check was damaged: reinstall NormZoo or restore "
+                 "the file from git." if e["shipped"] else "")
     if e["revision"] == UNPUBLISHED and not e["mirror_url"]:
         return (f"It is not published anywhere yet; pass a local copy with "
-                f"weights='path/to/{w.name}.safetensors'.")
+                f"weights='path/to/{w.name}.safetensors'.{reinstall}")
     ways = []
     if e["revision"] != UNPUBLISHED:
         ways.append(f"on a connected machine run `hf download {e['hub_repo_id']} {e['filename']} "
-                    f"--revision {e['revision']}` and copy the Hugging Face cache (HF_HOME) here, "
-                    f"or unset HF_HUB_OFFLINE")
+                    f"--revision {e['revision']}` and copy the Hugging Face cache (HF_HOME) here"
+                    + (", or unset HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else ""))
     if e["mirror_url"]:
         ways.append(f"download {e['mirror_url']}")
     return ("To fix: " + "; or ".join(ways) + f"; or pass the file itself with "
-            f"weights='path/to/{e['filename']}' (expected sha256 {e['sha256']}).")
+            f"weights='path/to/{e['filename']}' (expected sha256 {e['sha256']}).{reinstall}")
 
 
 def _verified(path: Path, entry: Mapping, tried: list[str], what: str) -> bool:
