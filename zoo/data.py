@@ -6,6 +6,7 @@ so they are read with an unpickler that builds only numpy arrays and plain conta
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 from typing import NamedTuple, Union
@@ -14,18 +15,31 @@ import numpy as np
 import torch
 
 __all__ = ["CifarSplit", "load_cifar", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
-           "CATEGORIES"]
+           "CIFAR10_CLASSES", "imagenet_classes", "categories"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Label names by the reference a checkpoint records ("categories"); None where not shipped.
-CATEGORIES = {
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                "truck"],
-}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck"]
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes() -> list[tuple[str, str]]:
+    """The 1,000 ILSVRC2012 classes as (wnid, names) in class-index order (n01440764 = 0)."""
+    lines = (Path(__file__).parent / "imagenet_classes.txt").read_text().splitlines()
+    return [tuple(line.split(" ", 1)) for line in lines if line.strip()]
+
+
+def categories(ref: str):
+    """Label names for a checkpoint's categories reference, or None where none ship."""
+    if ref == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if ref == "imagenet-1k":
+        return [names.split(",")[0] for _, names in imagenet_classes()]
+    return None
 
 _NUMPY_GLOBALS = {
     (module, name)
