@@ -590,3 +590,21 @@ def test_limit_must_be_positive(limit, capsys):
                        "--limit", limit], dataset="cifar")
     assert exit_info.value.code == 2
     assert "must be a positive number of images" in capsys.readouterr().err
+
+
+def test_check_manifest_remeasures_every_entry_and_fails_on_a_raised_figure(manifest, data_root):
+    def run():
+        return subprocess.run([sys.executable, "eval/check_manifest.py", "--cifar-data",
+                               str(data_root / "cifar10")], cwd=REPO, env=_env(manifest),
+                              capture_output=True, text=True, timeout=300)
+
+    good = run()
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "resnet20_gn.cifar10: top-1" in good.stdout and "diff 0.0): ok" in good.stdout
+    assert "0 file problem(s), 0 accuracy problem(s)" in good.stdout
+
+    data = json.loads(manifest.read_text())
+    data["weights"][0]["metrics"]["top1"] += 1.0
+    manifest.write_text(json.dumps(data))
+    raised = run()
+    assert raised.returncode == 1 and "REGRESSION" in raised.stdout
