@@ -98,6 +98,14 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
     }
 
 
+def local_weights(path: Union[str, Path]) -> Weights:
+    """A checkpoint file that is in no manifest, as a Weights (for ``build_folder``)."""
+    path = Path(path)
+    entry = make_entry(path)
+    entry["shipped"] = path.name  # fetch() finds and verifies it next to itself
+    return Weights(entry, path.parent)
+
+
 def register(path: Union[str, Path], *, default: bool = False, ship: bool = False,
              hub_repo_id: Optional[str] = None, mirror_url: Optional[str] = None) -> dict:
     """Add or replace the checkpoint's manifest entry; ``ship`` copies it into the package.
@@ -155,9 +163,10 @@ def check_files() -> list[str]:
 # The Hub-ready folder and publishing
 
 
-def build_folder(name: str, out: Union[str, Path], *, progress: bool = True) -> Path:
-    """``out/`` with model.safetensors (verified), config.json and a README.md model card."""
-    w = get_weight(name)
+def build_folder(weights: Union[str, Weights], out: Union[str, Path], *, progress: bool = True) -> Path:
+    """``out/`` with model.safetensors (verified), config.json and a README.md model card,
+    for a manifest name or a :class:`Weights` (``local_weights(path)`` for an unregistered file)."""
+    w = get_weight(weights) if isinstance(weights, str) else weights
     out = Path(out)
     files = (HUB_FILENAME, "config.json", "README.md")
     others = sorted(p.name for p in out.iterdir() if p.name not in files) if out.is_dir() else []

@@ -1,0 +1,1 @@
+"""NormZoo's trainer: ``python -m train --help``. Recipes in ``train/recipes.py``."""

@@ -1,0 +1,403 @@
+"""``python -m train``: train a zoo model with a named recipe; resumable, seeded, exported.
+
+    python -m train --model resnet20_ilm --recipe cifar10_cpu --data ../shared/data/cifar10 --out runs/r20_ilm
+    torchrun --nproc_per_node=2 -m train ...       # DDP: gloo on CPU, nccl on GPU
+
+The run folder holds recipe.json, log.jsonl (one row per epoch), curves.png,
+checkpoint.pt (every epoch, atomically; ``--resume`` continues from it) and, at the end,
+model.safetensors + hub/ (the Hub-ready folder). ``--register`` adds it to the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+import zoo
+from zoo.data import load_cifar
+from zoo.evaluate import cifar_batches, evaluate, split_name
+from zoo.weights import default_preprocessing, eval_transforms
+
+from .data import CifarTrainBatches, imagenet_train_loader
+from .recipes import RECIPES, Recipe, for_model, get_recipe, override
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a zoo model name, e.g. resnet20_ilm")
+    p.add_argument("--recipe", default="cifar10_cpu", help=f"one of: {', '.join(RECIPES)}")
+    p.add_argument("--data", required=True, help="CIFAR folder (python layout) or ImageNet train tree")
+    p.add_argument("--out", required=True, help="run folder (created; resumed with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="override the recipe")
+    p.add_argument("--batch-size", type=int, help="override the recipe (global batch)")
+    p.add_argument("--lr", type=float, help="override the recipe")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the recipe's autocast (bf16 on CPU, fp16 on CUDA)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on GPU")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--limit-train", type=int, help="use only the first N training images (smoke runs)")
+    p.add_argument("--test-data", help="CIFAR test folder for the final figure (default: --data)")
+    p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="ImageNet loader workers")
+    p.add_argument("--tag", help="weights tag (default: the dataset, e.g. cifar10)")
+    p.add_argument("--register", action="store_true",
+                   help="at the end, add the checkpoint to the manifest (shipped if under 20 MB)")
+    p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)  # tests: simulate a stop
+    return p.parse_args(argv)
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _say(text: str) -> None:
+    if _rank() == 0:
+        print(text, flush=True)
+
+
+def param_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
+    """Weight decay on weights; none on 1-d parameters (norm gains, biases, scalar scales)
+    unless the recipe decays them too."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 and not recipe.decay_norm_and_bias else decay).append(p)
+    return [{"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(recipe: Recipe, steps_per_epoch: int):
+    """Per-iteration lr factor: linear warm-up, then cosine to 0 or steps at milestones."""
+    import math
+
+    total = recipe.epochs * steps_per_epoch
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    milestones = [m * steps_per_epoch for m in recipe.milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return recipe.warmup_start + (1 - recipe.warmup_start) * step / warmup
+        if recipe.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+        return recipe.gamma ** sum(step >= m for m in milestones)
+
+    return factor
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def command_line() -> str:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prefix = f"torchrun --nproc_per_node={world} -m train" if world > 1 else "python -m train"
+    return f"{prefix} {shlex.join(sys.argv[1:])}"
+
+
+class Run:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out)
+        self.device = torch.device(args.device)
+        arch, norm = zoo.parse_model_name(args.model)
+        base, self.adjustments = for_model(get_recipe(args.recipe), norm)
+        self.recipe = override(base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               amp=args.amp)
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if self.recipe.batch_size % world:
+            raise ValueError(f"batch size {self.recipe.batch_size} does not split between {world} "
+                             f"processes")
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+        self.model = zoo.create_model(args.model, num_classes=_num_classes(self.recipe.dataset),
+                                      **({"zero_init_residual": True}
+                                         if self.recipe.zero_init_residual else {}))
+        self.model.to(self.device)
+        if args.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.train_model = self.model
+        if torch.distributed.is_initialized():
+            if args.sync_bn and self.device.type == "cuda":
+                self.train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.train_model)
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if args.compile:
+            self.train_model = torch.compile(self.train_model)
+        self._data()
+        r = self.recipe
+        self.optimizer = torch.optim.SGD(param_groups(self.model, r), lr=r.lr, momentum=r.momentum,
+                                         nesterov=r.nesterov)
+        if norm == "mimic":
+            zoo.attach_weight_mean(self.model, self.optimizer)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(r, self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=r.amp and self.device.type == "cuda")
+        self.epoch, self.step = 0, 0  # next epoch to run, and next step inside it
+        self.stop_requested = False
+
+    def _data(self) -> None:
+        r, args = self.recipe, self.args
+        if r.dataset.startswith("cifar"):
+            train = load_cifar(args.data, "train")
+            images, labels = train.images, train.labels
+            if args.limit_train:
+                images, labels = images[: args.limit_train], labels[: args.limit_train]
+            if r.val_images >= len(labels):
+                raise ValueError(f"{len(labels)} training images leave none after holding out "
+                                 f"{r.val_images} for validation")
+            cut = len(labels) - r.val_images
+            self.val = (images[cut:], labels[cut:]) if r.val_images else None
+            self.batches = CifarTrainBatches(images[:cut], labels[:cut], r.batch_size, seed=args.seed,
+                                             augment=r.augment, channels_last=args.channels_last)
+            self.steps_per_epoch = len(self.batches)
+            if self.steps_per_epoch == 0:
+                raise ValueError(f"{cut} training images make no batch of {r.batch_size}")
+        else:
+            self.val = None
+            self.loader, self.sampler = imagenet_train_loader(args.data, r.batch_size, args.workers,
+                                                              seed=args.seed)
+            self.steps_per_epoch = len(self.loader)
+
+    def epoch_batches(self, epoch: int, start_step: int):
+        if self.recipe.dataset.startswith("cifar"):
+            return self.batches.epoch(epoch, start_step)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        torch.manual_seed(self.args.seed * 100_003 + epoch)  # the loader's shuffle and workers
+        batches = iter(self.loader)
+        for _ in range(start_step):
+            next(batches)
+        return batches
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "python_rng": list(random.getstate()[1]),
+                "recipe": dataclasses.asdict(self.recipe), "model_name": self.args.model}
+
+    def save(self) -> None:
+        if _rank() != 0:
+            return
+        tmp = self.out / ".checkpoint.pt.tmp"
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.out / "checkpoint.pt")
+
+    def load(self) -> None:
+        path = self.out / "checkpoint.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: {path} does not exist; start without --resume")
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never a full unpickle
+        if state["model_name"] != self.args.model or state["recipe"] != dataclasses.asdict(self.recipe):
+            raise ValueError(f"{path} is a run of {state['model_name']} with another recipe; resume "
+                             f"with the same --model and recipe flags, or use a new --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate((3, tuple(state["python_rng"]), None))
+        self.epoch, self.step = state["epoch"], state["step"]
+
+    # -- training ------------------------------------------------------------------------
+
+    def autocast(self):
+        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.recipe.amp)
+
+    def train_epoch(self) -> dict:
+        from tqdm.auto import tqdm
+
+        self.train_model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = seen = 0
+        start = time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}",
+                   leave=False, disable=_rank() != 0 or not sys.stderr.isatty())
+        for x, y in self.epoch_batches(self.epoch, self.step):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.train_model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step "
+                                         f"{self.step}: the run diverged")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            loss_sum += loss.detach().double() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.update(1)
+            if self.stop_requested:
+                break
+        bar.close()
+        seconds = time.perf_counter() - start
+        counts = torch.tensor([loss_sum.item(), correct, seen], dtype=torch.float64)
+        if torch.distributed.is_initialized():
+            if torch.distributed.get_backend() == "nccl":
+                counts = counts.cuda()
+            torch.distributed.all_reduce(counts)
+        loss_total, correct, seen = counts.tolist()
+        return {"train_loss": loss_total / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
+                "img_per_s": seen / seconds, "seconds": seconds}
+
+    def validate(self) -> dict:
+        if self.val is None:
+            return {}
+        images, labels = self.val
+        transform = eval_transforms(default_preprocessing(self.model))
+        result = evaluate(self.model, cifar_batches(images, labels, transform, 500),
+                          device=self.device, amp=self.recipe.amp, channels_last=self.args.channels_last)
+        return {"val_acc": result.top1, "val_top5": result.top5}
+
+    def fit(self) -> Optional[dict]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.args.resume:
+            self.load()
+            _say(f"resumed {self.out / 'checkpoint.pt'} at epoch {self.epoch + 1}, step {self.step}")
+        elif (self.out / "checkpoint.pt").exists():
+            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or "
+                                  f"pick another --out")
+        if _rank() == 0:
+            (self.out / "recipe.json").write_text(json.dumps(
+                {"recipe": dataclasses.asdict(self.recipe), "adjustments": self.adjustments,
+                 "model": self.args.model, "command": command_line(), "commit": git_commit(),
+                 "seed": self.args.seed}, indent=2) + "\n")
+        _say(f"{self.args.model}, recipe {self.recipe.name} ({self.recipe.source}):\n"
+             f"{self.recipe.describe()}" + "".join(f"\n  + {a}" for a in self.adjustments))
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        while self.epoch < self.recipe.epochs:
+            row = self.train_epoch()
+            if self.stop_requested:
+                self.save()
+                _say(f"stopped by SIGTERM at epoch {self.epoch + 1}, step {self.step}; saved "
+                     f"{self.out / 'checkpoint.pt'} (continue with --resume)")
+                return None
+            row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **row,
+                   **self.validate()}
+            self.epoch, self.step = self.epoch + 1, 0
+            self.save()
+            if _rank() == 0:
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            _say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            if self.args.stop_after_epoch and self.epoch >= self.args.stop_after_epoch:
+                return None
+        return self.finish()
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.stop_requested = True  # finish the current step, save, exit
+
+    def finish(self) -> Optional[dict]:
+        from zoo.hub import build_folder, local_weights, register
+
+        r, args = self.recipe, self.args
+        metrics = None
+        if r.dataset.startswith("cifar"):
+            test = load_cifar(args.test_data or args.data, "test")
+            transform = eval_transforms(default_preprocessing(self.model))
+            result = evaluate(self.model, cifar_batches(test.images, test.labels, transform, 500),
+                              device=self.device)
+            metrics = {"top1": round(result.top1, 2), "top5": round(result.top5, 2),
+                       "split": split_name(r.dataset, result.num_images),
+                       "num_images": result.num_images}
+            _say(f"test: top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}% on {metrics['split']}")
+        if _rank() != 0:
+            return metrics
+        self.plot()
+        recipe_json = json.loads((self.out / "recipe.json").read_text())
+        path = zoo.save_checkpoint(self.model.cpu().float(), self.out / "model.safetensors",
+                                   tag=args.tag or r.dataset, dataset=r.dataset, metrics=metrics,
+                                   recipe={"command": recipe_json["command"],
+                                           "commit": recipe_json["commit"]})
+        hub = self.out / "hub"
+        if metrics is not None:
+            build_folder(local_weights(path), hub, progress=False)
+            _say(f"wrote {path} and the Hub folder {hub}")
+        if args.register:
+            entry = register(path, ship=path.stat().st_size < 20_000_000)
+            _say(f"registered {entry['name']} in the manifest"
+                 + (f" (shipped as zoo/{entry['shipped']})" if entry["shipped"] else ""))
+        return metrics
+
+    def plot(self) -> None:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            _say("matplotlib is not installed: no curves.png (pip install matplotlib)")
+            return
+        rows = [json.loads(line) for line in (self.out / "log.jsonl").read_text().splitlines()]
+        epochs = [r["epoch"] for r in rows]
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train loss")
+        ax_loss.set_xlabel("epoch")
+        ax_loss.legend()
+        ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train top-1 (augmented)")
+        if "val_acc" in rows[0]:
+            ax_acc.plot(epochs, [r["val_acc"] for r in rows], label="val top-1")
+        ax_acc.set_xlabel("epoch")
+        ax_acc.set_ylabel("%")
+        ax_acc.legend()
+        fig.suptitle(f"{self.args.model}, recipe {self.recipe.name}")
+        fig.tight_layout()
+        fig.savefig(self.out / "curves.png", dpi=100)
+        plt.close(fig)
+
+
+def _num_classes(dataset: str) -> int:
+    return {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        if backend == "nccl":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+    try:
+        Run(args).fit()
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, zoo.WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0

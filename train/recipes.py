@@ -1,0 +1,109 @@
+"""Training recipes as data: named presets, plus what each method needs on top.
+
+A recipe is printed in full when a run starts and stored in the run folder, so a
+run can be repeated from its folder alone. ``for_model`` applies the method's own
+requirements (METHODS.md) to any preset and says which it applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    dataset: str                 # "cifar10", "cifar100" or "imagenet"
+    epochs: int
+    batch_size: int              # global: split between torchrun processes
+    lr: float
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False  # weight decay on 1-d parameters (norm gains, biases, scales)
+    schedule: str = "cosine"     # "cosine" (to 0) or "step" (x gamma at milestones)
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0   # linear warm-up per iteration from lr * warmup_start
+    warmup_start: float = 0.1
+    label_smoothing: float = 0.0
+    augment: str = "crop_flip"   # CIFAR: "crop_flip" | "crop_flip_rotate"; ImageNet: "rrc_flip"
+    val_images: int = 5000       # held out from the end of the training set (0: none)
+    amp: bool = False            # bf16 autocast on CPU, fp16 (with a GradScaler) on CUDA
+    zero_init_residual: bool = False
+    source: str = ""             # where the recipe comes from
+
+    def describe(self) -> str:
+        return "\n".join(f"  {f.name:<20} {getattr(self, f.name)}" for f in dataclasses.fields(self))
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("cifar10_cpu", "cifar10", epochs=20, batch_size=128, lr=0.1, nesterov=True,
+           weight_decay=5e-4, schedule="cosine", warmup_epochs=1, amp=True,
+           source="NormZoo's shared CPU recipe: 20 epochs, about 25 minutes of ResNet-20 on 2 cores"),
+    Recipe("he2016_cifar", "cifar10", epochs=164, batch_size=128, lr=0.1, weight_decay=1e-4,
+           schedule="step", milestones=(82, 123), decay_norm_and_bias=True, val_images=0,
+           source="He et al. 2016, CIFAR-10 ResNets: 64k iterations, /10 at 32k and 48k"),
+    Recipe("ilm_cifar", "cifar10", epochs=350, batch_size=32, lr=0.1, weight_decay=5e-4,
+           schedule="step", milestones=(150, 250), decay_norm_and_bias=True, val_images=0,
+           source="ILM-Norm paper, CIFAR (METHODS.md)"),
+    Recipe("mimic_cifar100", "cifar100", epochs=150, batch_size=256, lr=0.1, weight_decay=5e-4,
+           schedule="step", milestones=(80, 110, 135), warmup_epochs=2,
+           augment="crop_flip_rotate", decay_norm_and_bias=True, val_images=0,
+           source="MimicNorm paper, CIFAR-100 (METHODS.md)"),
+    Recipe("norm_matters_cifar", "cifar10", epochs=164, batch_size=128, lr=0.1, weight_decay=5e-4,
+           schedule="step", milestones=(81, 122), zero_init_residual=True, val_images=0,
+           source="Norm Matters paper, CIFAR (METHODS.md): /10 at 81 and 122"),
+    Recipe("imagenet_resnet", "imagenet", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
+           schedule="step", milestones=(30, 60, 80), augment="rrc_flip", val_images=0,
+           decay_norm_and_bias=True, source="Goyal et al. / torchvision ResNet recipe"),
+    Recipe("mimic_imagenet", "imagenet", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
+           schedule="step", milestones=(30, 60, 85), warmup_epochs=2, augment="rrc_flip",
+           decay_norm_and_bias=True, val_images=0, source="MimicNorm paper, ImageNet (METHODS.md)"),
+    Recipe("norm_matters_imagenet", "imagenet", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
+           schedule="step", milestones=(30, 60, 80), augment="rrc_flip", zero_init_residual=True,
+           val_images=0, source="Norm Matters paper, ImageNet (METHODS.md; bwn: lr 0.2, wd 0)"),
+    Recipe("test_tiny", "cifar10", epochs=2, batch_size=32, lr=0.05, weight_decay=5e-4,
+           schedule="cosine", warmup_epochs=0.5, val_images=64,
+           source="a few steps for tests and smoke runs (use with --limit-train)"),
+)}
+
+NORM_MATTERS = ("l1bn", "linfbn", "topkbn", "lpbn", "meanbn", "bwn")
+# Norms whose residual blocks end without a learnable gain: zero_init_residual has nothing
+# to zero there (mean-only BN, with or without bounded weight norm, among them).
+NO_GAIN = ("none", "ilm", "ilm_in", "ilm_ln", "mimic", "meanbn", "bwn")
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}") from None
+
+
+def for_model(recipe: Recipe, norm: str) -> tuple[Recipe, list[str]]:
+    """The recipe with the method's own requirements applied, and what was changed and why."""
+    changes: dict = {}
+    why: list[str] = []
+    if norm == "mimic" and recipe.warmup_epochs < 2:
+        changes["warmup_epochs"] = 2.0
+        why.append("mimic: 2-epoch warm-up (the author's advice for stability); the weight-mean "
+                   "projection is attached to the optimizer")
+    if norm == "bwn" and recipe.weight_decay:
+        changes["weight_decay"] = 0.0
+        why.append("bwn: no weight decay (bounded weight norm fixes each filter's norm)")
+    if norm in NORM_MATTERS and norm not in NO_GAIN and not recipe.zero_init_residual:
+        changes["zero_init_residual"] = True
+        why.append(f"{norm}: zero_init_residual=True (the Norm Matters recipes)")
+    if norm in NO_GAIN and recipe.zero_init_residual:
+        changes["zero_init_residual"] = False
+        why.append(f"{norm}: zero_init_residual=False (its blocks end without a norm gain to "
+                   f"start at 0)")
+    return (dataclasses.replace(recipe, **changes) if changes else recipe), why
+
+
+def override(recipe: Recipe, **values: Optional[object]) -> Recipe:
+    """The recipe with command-line overrides (None means: keep)."""
+    changes = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(recipe, **changes) if changes else recipe
