@@ -63,7 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--register", action="store_true",
                    help="at the end, add the checkpoint to the manifest (shipped if under 20 MB)")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)  # tests: simulate a stop
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the run's command
+    return args
 
 
 def _rank() -> int:
@@ -108,17 +110,18 @@ def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
+                                "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def command_line() -> str:
+def command_line(argv=None) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = f"torchrun --nproc_per_node={world} -m train" if world > 1 else "python -m train"
-    return f"{prefix} {shlex.join(sys.argv[1:])}"
+    return f"{prefix} {shlex.join(sys.argv[1:] if argv is None else argv)}"
 
 
 class Run:
@@ -291,10 +294,18 @@ class Run:
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or "
                                   f"pick another --out")
         if _rank() == 0:
-            (self.out / "recipe.json").write_text(json.dumps(
-                {"recipe": dataclasses.asdict(self.recipe), "adjustments": self.adjustments,
-                 "model": self.args.model, "command": command_line(), "commit": git_commit(),
-                 "seed": self.args.seed}, indent=2) + "\n")
+            record = {"recipe": dataclasses.asdict(self.recipe), "adjustments": self.adjustments,
+                      "model": self.args.model,
+                      "command": command_line(getattr(self.args, "argv", None)),
+                      "commit": git_commit(), "seed": self.args.seed}
+            if self.args.resume and (self.out / "recipe.json").is_file():
+                # The run's command stays the one that started it (a --resume command does not
+                # reproduce a run from scratch); the resumes are listed beside it.
+                first = json.loads((self.out / "recipe.json").read_text())
+                record["resumed"] = first.get("resumed", []) + [
+                    {"command": record["command"], "commit": record["commit"]}]
+                record["command"], record["commit"] = first["command"], first["commit"]
+            (self.out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
         _say(f"{self.args.model}, recipe {self.recipe.name} ({self.recipe.source}):\n"
              f"{self.recipe.describe()}" + "".join(f"\n  + {a}" for a in self.adjustments))
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -392,12 +403,17 @@ def main(argv=None) -> int:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             args.device = f"cuda:{local}"
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         Run(args).fit()
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, zoo.WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
+        # Put back the SIGTERM handler fit() installed: it holds the Run (and its DDP model),
+        # which must go before the process group does, and SIGTERM must work again after.
+        if sigterm is not None and signal.getsignal(signal.SIGTERM) is not sigterm:
+            signal.signal(signal.SIGTERM, sigterm)
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0

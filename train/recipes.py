@@ -70,9 +70,16 @@ RECIPES = {r.name: r for r in (
 )}
 
 NORM_MATTERS = ("l1bn", "linfbn", "topkbn", "lpbn", "meanbn", "bwn")
-# Norms whose residual blocks end without a learnable gain: zero_init_residual has nothing
-# to zero there (mean-only BN, with or without bounded weight norm, among them).
-NO_GAIN = ("none", "ilm", "ilm_in", "ilm_ln", "mimic", "meanbn", "bwn")
+
+
+def has_gain(norm: str) -> bool:
+    """Whether the norm's layer has a learnable gain (``weight``) for zero_init_residual to
+    zero; mean-only BN, ILM-Norm, MimicNorm and empty slots have none."""
+    from torch import nn
+
+    from zoo import get_norm
+
+    return isinstance(getattr(get_norm(norm).layer(16), "weight", None), nn.Parameter)
 
 
 def get_recipe(name: str) -> Recipe:
@@ -93,10 +100,10 @@ def for_model(recipe: Recipe, norm: str) -> tuple[Recipe, list[str]]:
     if norm == "bwn" and recipe.weight_decay:
         changes["weight_decay"] = 0.0
         why.append("bwn: no weight decay (bounded weight norm fixes each filter's norm)")
-    if norm in NORM_MATTERS and norm not in NO_GAIN and not recipe.zero_init_residual:
+    if norm in NORM_MATTERS and has_gain(norm) and not recipe.zero_init_residual:
         changes["zero_init_residual"] = True
         why.append(f"{norm}: zero_init_residual=True (the Norm Matters recipes)")
-    if norm in NO_GAIN and recipe.zero_init_residual:
+    if not has_gain(norm) and recipe.zero_init_residual:
         changes["zero_init_residual"] = False
         why.append(f"{norm}: zero_init_residual=False (its blocks end without a norm gain to "
                    f"start at 0)")
