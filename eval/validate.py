@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo  # noqa: E402
 from zoo.data import load_cifar  # noqa: E402
 from zoo.evaluate import (ImageNetVal, cifar_batches, evaluate, imagenet_loader,  # noqa: E402
-                          split_name)
+                          rank_and_world, split_name)
 from zoo.weights import WeightsError, default_preprocessing, eval_transforms, read_metadata  # noqa: E402
 
 COLUMNS = ("model", "weights", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size",
@@ -187,7 +187,7 @@ def _bar(total, name, args):
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return rank_and_world()[0]
 
 
 def main(argv=None, dataset: str = "imagenet") -> int:

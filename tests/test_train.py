@@ -315,7 +315,7 @@ def test_two_ranks_split_each_global_batch(cifar, monkeypatch, augment):
     whole = list(batches(images, index, augment=augment, seed=3).epoch(2))
     parts = []
     for rank in (0, 1):
-        monkeypatch.setattr(train.data, "_dist", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(train.data, "rank_and_world", lambda rank=rank: (rank, 2))
         parts.append(list(batches(images, index, augment=augment, seed=3).epoch(2)))
     assert len(parts[0]) == len(parts[1]) == len(whole) == 5
     for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts):

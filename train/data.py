@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.data import CIFAR_MEAN, CIFAR_STD
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+from zoo.evaluate import rank_and_world
 
 
 class CifarTrainBatches:
@@ -52,7 +47,7 @@ class CifarTrainBatches:
         shifts = torch.randint(0, 9, (n, 2), generator=g)  # crop offsets in the padded image
         flips = torch.rand(n, generator=g) < 0.5
         angles = (torch.rand(n, generator=g) * 2 - 1) * 15
-        rank, world = _dist()
+        rank, world = rank_and_world()
         for step in range(start_step, len(self)):
             pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)[rank::world]
             idx = order[pos]
@@ -109,7 +104,7 @@ def imagenet_train_loader(root: str, batch_size: int, workers: int, *, seed: int
         raise ValueError(f"{root}: folders {', '.join(unknown[:5])} are not ImageNet wnids")
     remap = [wnids[c] for c in dataset.classes]
     dataset.target_transform = remap.__getitem__
-    rank, world = _dist()
+    rank, world = rank_and_world()
     sampler = (torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)
                if world > 1 else None)
     generator = torch.Generator().manual_seed(seed)

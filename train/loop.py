@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data import load_cifar
-from zoo.evaluate import cifar_batches, evaluate, split_name
+from zoo.evaluate import cifar_batches, evaluate, rank_and_world, split_name
 from zoo.weights import default_preprocessing, eval_transforms
 
 from .data import CifarTrainBatches, imagenet_train_loader
@@ -69,7 +69,7 @@ def parse_args(argv=None):
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return rank_and_world()[0]
 
 
 def _say(text: str) -> None:
@@ -133,7 +133,7 @@ class Run:
         base, self.adjustments = for_model(get_recipe(args.recipe), norm)
         self.recipe = override(base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                amp=args.amp)
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        world = rank_and_world()[1]
         if self.recipe.batch_size % world:
             raise ValueError(f"batch size {self.recipe.batch_size} does not split between {world} "
                              f"processes")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 __all__ = ["EvalResult", "evaluate", "cifar_batches", "ImageNetVal", "imagenet_loader", "imagenet_wnids",
-           "shard", "split_name"]
+           "rank_and_world", "shard", "split_name"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 
@@ -44,12 +44,18 @@ class EvalResult:
         return self.num_images / max(self.seconds, 1e-9)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size under ``torch.distributed``; (0, 1) otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def shard(n: int) -> range:
     """This process's indices of ``range(n)``: every world_size-th from its rank (all if not
     distributed). Shards are disjoint and cover every index once: no padding."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return range(torch.distributed.get_rank(), n, torch.distributed.get_world_size())
-    return range(n)
+    rank, world = rank_and_world()
+    return range(rank, n, world)
 
 
 @torch.inference_mode()
