@@ -15,7 +15,8 @@ from typing import Callable, Iterable, Optional, Union
 from torch import nn
 
 from .norms import NormSpec, get_norm, list_norms
-from .weights import Weights, WeightsError, load_weights, read_metadata, resolve_weights
+from .weights import (Weights, WeightsError, load_weights, read_metadata, resolve_weights,
+                      weights_of)
 
 __all__ = [
     "ArchSpec", "register_arch", "get_arch", "list_archs", "list_models",
@@ -209,9 +210,7 @@ def _builder_doc(name: str, arch: ArchSpec, spec: NormSpec) -> str:
 
 
 def _weights_doc(model: str) -> str:
-    from .weights import _weights_of
-
-    published = _weights_of(model)
+    published = weights_of(model)
     if not published:
         return "No pretrained weights are published yet."
     tags = [f"{w.tag}{' (DEFAULT)' if w.entry['default'] else ''}: top-1 "

@@ -282,7 +282,7 @@ def get_model_weights(model: str) -> type[enum.Enum]:
     from .registry import parse_model_name
 
     arch, norm = parse_model_name(model)
-    members = {w.tag.upper().replace("-", "_"): w for w in _weights_of(f"{arch}_{norm}")}
+    members = {w.tag.upper().replace("-", "_"): w for w in weights_of(f"{arch}_{norm}")}
     default = next((w for w in members.values() if w.entry["default"]), None)
     if default is not None:
         members["DEFAULT"] = default
@@ -290,13 +290,14 @@ def get_model_weights(model: str) -> type[enum.Enum]:
     return enum.Enum(f"{camel}_Weights", members)
 
 
-def _weights_of(model: str) -> list[Weights]:
+def weights_of(model: str) -> list[Weights]:
+    """The published weights of one model, in manifest order."""
     path = manifest_path()
     return [Weights(e, path.parent) for e in load_manifest(path)["weights"] if e["model"] == model]
 
 
 def _tags_of(model: str) -> list[str]:
-    return [w.tag for w in _weights_of(model)]
+    return [w.tag for w in weights_of(model)]
 
 
 _PRETRAINED_SAID: set[str] = set()
@@ -314,7 +315,7 @@ def resolve_weights(model: str, weights: Any, pretrained: bool) -> Union[None, W
     if pretrained:
         if weights is not None:
             raise ValueError("pass either weights=... or pretrained=True, not both")
-        available = _weights_of(model)
+        available = weights_of(model)
         if not available:
             raise WeightsError(_none_published(model))
         pinned = available[0]  # the model's first published entry; entries are never reordered
@@ -333,7 +334,7 @@ def resolve_weights(model: str, weights: Any, pretrained: bool) -> Union[None, W
             raise WeightsError(f"weights file {path} does not exist")
         return path
     elif isinstance(weights, str):
-        available = _weights_of(model)
+        available = weights_of(model)
         if weights == "DEFAULT":
             found = next((w for w in available if w.entry["default"]), None)
             if found is None:
