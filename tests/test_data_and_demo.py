@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import zoo
 from zoo.data import load_cifar
 
 from conftest import REPO
@@ -68,6 +69,17 @@ def test_demo_classifies_real_cifar_images(data_root):
     assert "model: resnet20_ln = resnet20 with norm 'ln' (GroupNorm(1, C))" in result.stdout
     assert "UNTRAINED" in result.stdout and "/100; chance is 10%" in result.stdout
     assert "         cat -> " in result.stdout  # the first test image is a cat
+
+
+def test_demo_default_is_a_shipped_pretrained_model_scoring_its_recorded_figure(data_root):
+    result = _demo(data_root=data_root)
+    assert result.returncode == 0, result.stderr
+    entry = zoo.get_weight("resnet20_bn.cifar10").entry
+    assert entry["shipped"] and entry["default"]
+    assert "weights resnet20_bn.cifar10" in result.stdout
+    # The demo's own loop (the weights' preprocessing, argmax) re-measures the manifest figure.
+    assert f"top-1: {entry['metrics']['top1']:.1f}% (" in result.stdout
+    assert f"/{entry['metrics']['num_images']})" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -26,7 +26,7 @@ DEFAULT_DATA = Path(os.environ.get(
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet20_gn", help="a CIFAR model name (default: %(default)s)")
+    parser.add_argument("--model", default="resnet20_bn", help="a CIFAR model name (default: %(default)s)")
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="folder with cifar-10-batches-py/ (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=1000, help="images to classify (default: %(default)s)")
