@@ -36,7 +36,33 @@ def naming_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"naming": naming_section}
+# Published full-schedule figures for the same model on the same dataset (METHODS.md), shown
+# beside ours and labelled as such.
+PAPER_FIGURES = {
+    ("resnet20_bn", "cifar10"): "91.25 (He et al. 2016, 164 epochs, full test set; public option-A "
+                                "weights: about 91.5 on test[:1000])",
+}
+
+
+def weights_section() -> str:
+    from zoo.weights import load_manifest
+
+    lines = ["| weights | top-1 % | top-5 % | measured on | paper's figure | params | GMACs | file | "
+             "recipe |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in load_manifest(zoo.weights.MANIFEST_PATH)["weights"]:
+        m = e["metrics"]
+        lines.append(
+            f"| `{e['name']}`{' (default)' if e['default'] else ''} | {m['top1']} | {m['top5']} | "
+            f"{m['split']} | {PAPER_FIGURES.get((e['model'], e['dataset']), '')} | "
+            f"{e['num_params'] / 1e6:.2f} M | {e['gmacs']} | {e['size_bytes'] / 2**20:.1f} MiB"
+            f"{', shipped' if e['shipped'] else ''} | `{e['recipe']['command']}` at "
+            f"{e['recipe']['commit'][:10]} |")
+    if len(lines) == 2:
+        return "No weights are published yet."
+    return "\n".join(lines)
+
+
+SECTIONS = {"naming": naming_section, "weights": weights_section}
 
 
 def render(text: str) -> str:
