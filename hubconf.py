@@ -6,7 +6,7 @@ architecture names (``resnet50`` is ``resnet50_bn``).
     torch.hub.load("<repo>", "resnet20_ilm", weights="DEFAULT")   # see zoo.list_weights()
 """
 
-dependencies = ["torch"]
+dependencies = ["torch", "safetensors"]  # checked by torch.hub before loading
 
 import os as _os
 import sys as _sys
