@@ -8,6 +8,7 @@ thread count). Run folders live under tmp_path; ``--register`` writes a temporar
 
 import dataclasses
 import json
+import statistics
 import math
 import os
 import shlex
@@ -377,7 +378,11 @@ def test_tiny_run_learns_and_exports(norm, data_root, cifar, tmp_path, temp_mani
     metrics = meta["metrics"]
     assert metrics["split"] == "cifar10 test[:1000]" and metrics["num_images"] == 1000
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
-    assert meta["recipe"] == {"command": saved["command"], "commit": saved["commit"]}
+    assert meta["recipe"] == {"command": saved["command"], "commit": saved["commit"],
+                              "name": "test_tiny", "epochs": 4,
+                              "val_top1": round(log[-1]["val_acc"], 2),
+                              "img_per_s": round(statistics.median(r["img_per_s"] for r in log)),
+                              "minutes": round(sum(r["seconds"] for r in log) / 60, 1)}
     assert saved["commit"]
     assert {p.name for p in (out / "hub").iterdir()} >= {"model.safetensors", "config.json", "README.md"}
 

@@ -44,19 +44,24 @@ PAPER_FIGURES = {
 }
 
 
+def _known(value) -> str:
+    return "" if value is None else str(value)
+
+
 def weights_section() -> str:
     from zoo.weights import load_manifest
 
-    lines = ["| weights | top-1 % | top-5 % | measured on | paper's figure | params | GMACs | file | "
-             "recipe |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| weights | test top-1 % | top-5 % | measured on | val top-1 % | epochs | train img/s "
+             "| paper's full-schedule figure | params | GMACs | file | recipe |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in load_manifest(zoo.weights.MANIFEST_PATH)["weights"]:
-        m = e["metrics"]
+        m, r = e["metrics"], e["recipe"]
         lines.append(
             f"| `{e['name']}`{' (default)' if e['default'] else ''} | {m['top1']} | {m['top5']} | "
-            f"{m['split']} | {PAPER_FIGURES.get((e['model'], e['dataset']), '')} | "
+            f"{m['split']} | {_known(r['val_top1'])} | {_known(r['epochs'])} | {_known(r['img_per_s'])} | "
+            f"{PAPER_FIGURES.get((e['model'], e['dataset']), '—')} | "
             f"{e['num_params'] / 1e6:.2f} M | {e['gmacs']} | {e['size_bytes'] / 2**20:.1f} MiB"
-            f"{', shipped' if e['shipped'] else ''} | `{e['recipe']['command']}` at "
-            f"{e['recipe']['commit'][:10]} |")
+            f"{', shipped' if e['shipped'] else ''} | `{r['command']}` at {r['commit'][:10]} |")
     if len(lines) == 2:
         return "No weights are published yet."
     return "\n".join(lines)

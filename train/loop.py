@@ -17,6 +17,7 @@ import os
 import random
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -352,7 +353,8 @@ class Run:
         path = zoo.save_checkpoint(self.model.cpu().float(), self.out / "model.safetensors",
                                    tag=args.tag or r.dataset, dataset=r.dataset, metrics=metrics,
                                    recipe={"command": recipe_json["command"],
-                                           "commit": recipe_json["commit"]})
+                                           "commit": recipe_json["commit"],
+                                           **run_summary(self.out, r)})
         hub = self.out / "hub"
         if metrics is not None:
             build_folder(local_weights(path), hub, progress=False)
@@ -387,6 +389,18 @@ class Run:
         fig.tight_layout()
         fig.savefig(self.out / "curves.png", dpi=100)
         plt.close(fig)
+
+
+def run_summary(out: Path, recipe: Recipe) -> dict:
+    """How the run went, from its log: what a published checkpoint's recipe records besides
+    the command (zoo.weights.RECIPE_KEYS)."""
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    val = rows[-1].get("val_acc") if rows else None
+    return {"name": recipe.name, "epochs": recipe.epochs,
+            "val_top1": None if val is None else round(val, 2),
+            # The median epoch: a run that shared the machine for a while keeps its typical speed.
+            "img_per_s": round(statistics.median(r["img_per_s"] for r in rows)) if rows else None,
+            "minutes": round(sum(r["seconds"] for r in rows) / 60, 1)}
 
 
 def _num_classes(dataset: str) -> int:

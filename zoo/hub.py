@@ -22,7 +22,7 @@ import torch
 from huggingface_hub import HfApi, get_token
 from torch import nn
 
-from .weights import (HUB_FILENAME, UNPUBLISHED, Weights, WeightsError, get_weight, load_manifest,
+from .weights import (HUB_FILENAME, RECIPE_KEYS, UNPUBLISHED, Weights, WeightsError, get_weight, load_manifest,
                       manifest_path, read_metadata, sha256sum, write_manifest)
 
 DEFAULT_ORG = "normzoo"
@@ -91,7 +91,7 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
         "gmacs": count_gmacs(model, meta["preprocessing"]["input_size"]),
         "preprocessing": meta["preprocessing"],
         "metrics": {k: meta["metrics"][k] for k in ("top1", "top5", "split", "num_images")},
-        "recipe": {k: meta["recipe"][k] for k in ("command", "commit")},
+        "recipe": {k: meta["recipe"].get(k) for k in RECIPE_KEYS},
         "license": LICENSE,
         "paper": get_norm(meta["norm"]).paper,
         "default": False,

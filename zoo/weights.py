@@ -64,14 +64,16 @@ ENTRY_KEYS = (
     "gmacs",         # multiply-adds per image at the preprocessing's input size, in 1e9
     "preprocessing",
     "metrics",       # {"top1", "top5", "split", "num_images"}
-    "recipe",        # {"command", "commit"}
+    "recipe",        # {"command", "commit"} + the run's summary (RECIPE_KEYS; null when unknown)
     "license",
     "paper",
     "default",       # the model's weights="DEFAULT"
 )
 PREPROCESSING_KEYS = ("input_size", "resize", "crop", "interpolation", "mean", "std")
 METRICS_KEYS = ("top1", "top5", "split", "num_images")
-RECIPE_KEYS = ("command", "commit")
+# What produced the file, and how the run went: the trainer's recipe name, epochs, final
+# validation top-1 (held-out training images), median training img/s and wall minutes.
+RECIPE_KEYS = ("command", "commit", "name", "epochs", "val_top1", "img_per_s", "minutes")
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
