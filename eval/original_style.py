@@ -1,5 +1,5 @@
 """The papers' op sequences, written the way the original repositories compute them,
-for the speed comparison in ``norm_speed.py`` (numerically they compute the same formulas
+for the speed comparison in ``benchmark.py`` (numerically they compute the same formulas
 as ``zoo.norms``; the tests check the zoo's layers against their own naive formulas).
 """
 

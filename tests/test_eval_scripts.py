@@ -1,28 +1,84 @@
 import csv
+import json
+import re
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "eval"))
+import benchmark  # noqa: E402
 
-def test_norm_speed_runs_in_quick_mode_and_writes_csv(tmp_path):
-    out = tmp_path / "speed.csv"
-    result = subprocess.run([sys.executable, "eval/norm_speed.py", "--quick", "--csv", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory):
+    """One tiny run of every suite: one shape, one repeat (a check that it runs, not timing)."""
+    out = tmp_path_factory.mktemp("bench")
+    result = subprocess.run([sys.executable, "eval/benchmark.py", "--tiny", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    rows = list(csv.DictReader(out.open()))
-    layers = {r["layer"] for r in rows}
-    assert {"ilm", "ilm (original)", "l1bn", "l1bn (original)", "linfbn", "topkbn"} <= layers
-    assert all(float(r["ms"]) > 0 and float(r["ratio"]) > 0 for r in rows)
-    assert {r["baseline"] for r in rows if r["layer"].startswith("ilm")} == {"gn", "in", "ln"}
-    table = [line for line in result.stdout.splitlines() if line.startswith("| (")]
-    assert len(table) == len(rows)
+    return out, result
 
 
-def test_norm_speed_rejects_unknown_norms():
-    result = subprocess.run([sys.executable, "eval/norm_speed.py", "--quick", "--norms", "mimic"],
+def test_benchmark_tiny_run_writes_well_formed_csv_markdown_and_header(tiny_benchmark):
+    out, result = tiny_benchmark
+    rows = list(csv.DictReader((out / "benchmark-cpu.csv").open()))
+    assert rows and list(rows[0]) == list(benchmark.FIELDS)
+    assert {r["suite"] for r in rows} == set(benchmark.SUITES)
+    for r in rows:
+        assert float(r["value"]) > 0 and float(r["spread_pct"]) >= 0
+        assert (r["ratio"] == "") == (r["baseline"] == "")
+        if r["ratio"]:
+            assert float(r["ratio"]) > 0
+        assert r["meets"] in ("", "yes", "no") and (r["meets"] == "") == (r["target"] == "")
+    norms = {(r["name"], r["baseline"]) for r in rows if r["suite"] == "norms"}
+    assert {("ilm", "gn"), ("ilm (original)", "gn"), ("l1bn (original)", "bn"),
+            ("linfbn (original)", "bn"), ("ilm_in", "in"), ("ilm_ln", "ln"), ("gn", "bn")} <= norms
+    assert {r["dtype"] for r in rows if r["suite"] == "norms"} == {"fp32", "bf16"}
+    step = [r for r in rows if r["suite"] == "step"]
+    assert {r["name"] for r in step} == {f"resnet20_{m}" for m in benchmark.METHODS}
+    assert {r["unit"] for r in step} == {"ms", "MiB"}
+    mimic = [r for r in step if r["name"] == "resnet20_mimic"]
+    assert all(r["baseline"] == "bn" and r["target"] for r in mimic)
+
+    header = json.loads((out / "benchmark-cpu.json").read_text())
+    assert header["tiny"] is True and header["torch"] == torch.__version__ and header["machine"]
+    markdown = (out / "benchmark-cpu.md").read_text()
+    assert markdown == benchmark.to_markdown(rows, header)
+    table_rows = [line for line in markdown.splitlines() if line.startswith("| ")
+                  and not line.startswith("| name ")]
+    assert len(table_rows) == len(rows)
+    assert markdown in result.stdout
+
+
+def test_benchmark_readme_section_reports_every_goal(tiny_benchmark):
+    rows, header = benchmark.read(tiny_benchmark[0])
+    section = benchmark.readme_section(rows, header, "results.md")
+    goals = [line for line in section.splitlines() if "≤" in line and line.startswith("| ")]
+    assert len(goals) == len(benchmark.NORM_TARGETS) + len(benchmark.STEP_TARGETS)
+    assert all(re.search(r"\| \d of \d+ \|$", line) for line in goals)
+    assert "[results.md](results.md)" in section and header["command"] in section
+
+
+def test_benchmark_ratio_is_the_median_of_per_repeat_ratios():
+    r = benchmark.row("s", "a", "c", "fp32", [2.0, 4.0, 9.0], "ms", "b", [1.0, 1.0, 3.0], target=2.5)
+    assert r["value"] == 4.0 and r["ratio"] == 3.0 and r["meets"] == "no"
+    assert r["spread_pct"] == round(50 * 7 / 4, 1) and r["ratio_spread_pct"] == round(50 * 2 / 3, 1)
+    assert benchmark.row("s", "a", "c", "fp32", [2.0], "img/s")["ratio"] == ""
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--suites", "norms,nope"], "unknown suite 'nope'"),
+    (["--norms", "mimic"], "'mimic' is not a per-layer norm"),
+    (["--methods", "bn,nope"], "unknown method 'nope'"),
+])
+def test_benchmark_refuses_bad_flags(flags, message):
+    result = subprocess.run([sys.executable, "eval/benchmark.py", "--tiny", *flags],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "not per-layer norms: mimic" in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_train_speed_compares_the_two_loops(data_root):

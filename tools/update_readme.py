@@ -67,7 +67,19 @@ def weights_section() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"naming": naming_section, "weights": weights_section}
+def performance_section() -> str:
+    """From the committed CPU run of eval/benchmark.py (eval/results/benchmark-cpu.*)."""
+    sys.path.insert(0, str(README.parent / "eval"))
+    import benchmark
+
+    results = README.parent / "eval" / "results"
+    if not (results / "benchmark-cpu.csv").is_file():
+        return "No benchmark run is committed yet: `python eval/benchmark.py`."
+    rows, header = benchmark.read(results, "cpu")
+    return benchmark.readme_section(rows, header, "eval/results/benchmark-cpu.md")
+
+
+SECTIONS = {"naming": naming_section, "weights": weights_section, "performance": performance_section}
 
 
 def render(text: str) -> str:

@@ -1,0 +1,615 @@
+"""What each NormZoo method costs, measured side by side with its PyTorch baseline in one run.
+
+    python eval/benchmark.py                         # every suite -> eval/results/benchmark-cpu.{csv,md}
+    python eval/benchmark.py --suites norms,step --repeats 5
+    python eval/benchmark.py --device cuda           # CUDA events and max_memory_allocated
+    python eval/benchmark.py --tiny --out /tmp/bench # one shape, one repeat: that it runs
+
+Suites:
+  norms      each norm layer's forward+backward (train) and forward (eval) against
+             BatchNorm2d / GroupNorm (InstanceNorm, LayerNorm for ILM-IN/LN) on the same
+             tensors, at ResNet-20 and ResNet-50 shapes, fp32 and bf16 autocast; also the
+             papers' op sequences ("original", eval/original_style.py)
+  step       one SGD training step per method, ResNet-20 (CIFAR, batch 128) and ResNet-50 /
+             VGG-16 (224x224, small batch): time and peak memory, each configuration in a
+             fresh process (peak RSS is a high-water mark; on a GPU max_memory_allocated)
+  inference  img/s per method in eval mode
+  hub        a fresh process: torch.hub.load + weights + first logits, against torchvision's
+             builder loading the same weights from a local file
+  pipeline   eval/imagenet_val.py's data pipeline against a plain ImageFolder + DataLoader
+             loop, on full-size JPEGs (../shared/data/imagenet/train-sample)
+
+Every ratio is the median over repeats of a per-repeat ratio (the two sides run back to
+back), so it holds on a noisy machine; the spread is half the range of the repeats.
+``python tools/update_readme.py`` turns the CPU results into the README's performance section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "eval"))
+import zoo  # noqa: E402
+from original_style import OriginalILMGroupNorm, OriginalTopKBatchNorm2d  # noqa: E402
+from zoo.norms.common import group_count  # noqa: E402
+
+RESULTS = ROOT / "eval" / "results"
+IMAGENET_SAMPLE = ROOT.parent / "shared" / "data" / "imagenet" / "train-sample"
+SUITES = ("norms", "step", "inference", "hub", "pipeline")
+FIELDS = ("suite", "name", "config", "dtype", "baseline", "value", "unit", "spread_pct",
+          "ratio", "ratio_spread_pct", "target", "meets")
+
+NORM_SHAPES = {
+    "resnet20": [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)],
+    "resnet50": [(16, 256, 56, 56), (16, 512, 28, 28), (16, 1024, 14, 14), (16, 2048, 7, 7)],
+}
+NORM_BASELINE = {"ilm": "gn", "ilm_in": "in", "ilm_ln": "ln"}  # every other norm: "bn"
+ORIGINALS = {
+    "ilm": lambda c: OriginalILMGroupNorm(c, group_count(c, 32, 2)),
+    "l1bn": lambda c: OriginalTopKBatchNorm2d(c),
+    "linfbn": lambda c: OriginalTopKBatchNorm2d(c, k=1),
+}
+# The issue's goals on this CPU: norm layers forward+backward, MimicNorm's training step.
+NORM_TARGETS = {"ilm": 1.3, "l1bn": 1.2, "linfbn": 1.2}
+STEP_TARGETS = {("mimic", "ms"): 0.9, ("mimic", "MiB"): 0.8}
+
+METHODS = ("bn", "gn", "ilm", "mimic", "l1bn", "linfbn", "bwn")
+STEP_CONFIGS = [("resnet20", 128, 32), ("resnet50", 8, 224), ("vgg16", 4, 224)]
+INFERENCE_CONFIGS = [("resnet20", 256, 32), ("resnet50", 16, 224)]
+DTYPES = ("fp32", "bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+class Clock:
+    """Seconds of a block of calls: perf_counter on CPU, CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], object], number: int) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(number):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3 / number
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - start) / number
+
+
+def interleaved(fns: dict[str, Callable[[], object]], clock: Clock, repeats: int,
+                min_block_s: float) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``repeats`` times, the functions taking turns."""
+    number = {}
+    for name, fn in fns.items():  # warm up, then size each block to about min_block_s
+        clock(fn, 2)
+        number[name] = max(1, int(min_block_s / max(clock(fn, 1), 1e-6)))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(clock(fn, number[name]))
+    return times
+
+
+def _spread_pct(values: list[float]) -> float:
+    return round(50 * (max(values) - min(values)) / statistics.median(values), 1)
+
+
+def row(suite, name, config, dtype, values, unit, baseline="", base_values=None, target=None,
+        higher_is_better=False) -> dict:
+    """One result: the median of ``values`` and, given a baseline, the median per-repeat ratio."""
+    r = {"suite": suite, "name": name, "config": config, "dtype": dtype, "baseline": baseline,
+         "value": round(statistics.median(values), 4), "unit": unit,
+         "spread_pct": _spread_pct(values), "ratio": "", "ratio_spread_pct": "", "target": "",
+         "meets": ""}
+    if base_values:
+        ratios = [v / b for v, b in zip(values, base_values)]
+        r["ratio"], r["ratio_spread_pct"] = round(statistics.median(ratios), 3), _spread_pct(ratios)
+        if target is not None:
+            r["target"] = target
+            r["meets"] = "yes" if (r["ratio"] >= target if higher_is_better else r["ratio"] <= target) else "no"
+    return r
+
+
+def autocast(dtype: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites
+
+def per_layer_norms() -> list[str]:
+    """Registered norms with a layer of their own to time (not baselines, not structural)."""
+    return [n for n in zoo.list_norms()
+            if n not in ("bn", "gn", "in", "ln", "none")
+            and not zoo.get_norm(n).structural_parts() and not zoo.get_norm(n).conv_transform]
+
+
+def norm_layers(norms: list[str]) -> dict[str, tuple[Callable, str]]:
+    """Row name -> (factory taking C, baseline row name)."""
+    layers = {}
+    for norm in norms:
+        base = NORM_BASELINE.get(norm, "bn")
+        layers.setdefault(base, (lambda c, b=base: zoo.create_norm(b, c), base))
+        layers[norm] = (lambda c, n=norm: zoo.create_norm(n, c), base)
+        if norm in ORIGINALS:
+            layers[f"{norm} (original)"] = (ORIGINALS[norm], base)
+    if "gn" in layers:  # GroupNorm's own cost against BatchNorm2d, for scale
+        layers.setdefault("bn", (lambda c: zoo.create_norm("bn", c), "bn"))
+        layers["gn"] = (layers["gn"][0], "bn")
+    return layers
+
+
+def suite_norms(args, device, clock) -> list[dict]:
+    norms = args.norms or per_layer_norms()
+    shapes = [(8, 32, 8, 8)] if args.tiny else [s for k in ("resnet20", "resnet50") for s in NORM_SHAPES[k]]
+    rows = []
+    for shape in shapes:
+        c = shape[1]
+        layers = {name: make(c).to(device) for name, (make, _) in norm_layers(norms).items()}
+        for dtype in DTYPES:
+            x = torch.randn(shape, device=device)
+            x = x.to(torch.bfloat16) if dtype == "bf16" else x
+            grad = torch.randn_like(x)
+            x.requires_grad_(True)
+
+            def train_step(layer=None):
+                with autocast(dtype, device):
+                    out = layer(x)
+                out.backward(grad)
+                x.grad = None
+                layer.zero_grad(set_to_none=True)
+
+            def eval_step(layer=None):
+                with torch.no_grad(), autocast(dtype, device):
+                    layer(x)
+
+            for mode, step in (("fwd+bwd", train_step), ("fwd (eval)", eval_step)):
+                for layer in layers.values():
+                    layer.train(mode == "fwd+bwd")
+                fns = {name: (lambda s=step, m=layer: s(m)) for name, layer in layers.items()}
+                times = interleaved(fns, clock, args.repeats, args.min_block_s)
+                for name, (_, base) in norm_layers(norms).items():
+                    if name == base:
+                        continue
+                    target = NORM_TARGETS.get(name) if mode == "fwd+bwd" else None
+                    rows.append(row("norms", name, f"{mode} {tuple(shape)}", dtype,
+                                    [t * 1e3 for t in times[name]], "ms", base,
+                                    [t * 1e3 for t in times[base]], target))
+                    _progress(rows[-1])
+    return rows
+
+
+def step_worker(spec: dict) -> dict:
+    """Run in a fresh process: time SGD steps of one model; memory above the pre-step level."""
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    model = zoo.create_model(spec["model"], num_classes=spec["num_classes"]).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if zoo.get_norm(model.config["norm"]).name == "mimic":
+        zoo.attach_weight_mean(model, opt)
+    size, batch = spec["size"], spec["batch"]
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, spec["num_classes"], (batch,), device=device)
+
+    def step():
+        with autocast(spec["dtype"], device):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _rss_bytes()
+    clock = Clock(device)
+    seconds = [clock(step, 1) for _ in range(spec["warmup"] + spec["steps"])][spec["warmup"]:]
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"seconds": seconds, "memory_bytes": peak - before, "peak_bytes": peak}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _step_in_fresh_process(spec: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--worker-step", json.dumps(spec)],
+                            capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"step worker {spec} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def suite_step(args, device, clock) -> list[dict]:
+    configs = [("resnet20", 16, 32)] if args.tiny else STEP_CONFIGS
+    methods = args.methods
+    rows = []
+    for arch, batch, size in configs:
+        for dtype in DTYPES:
+            results = {m: [] for m in methods}
+            for _ in range(args.step_repeats):  # methods take turns within each repeat
+                for method in methods:
+                    spec = {"model": f"{arch}_{method}", "batch": batch, "size": size, "dtype": dtype,
+                            "num_classes": 10 if size == 32 else 1000, "device": str(device),
+                            "warmup": 1 if args.tiny else 2, "steps": 1 if args.tiny else args.step_steps}
+                    results[method].append(_step_in_fresh_process(spec))
+            config = f"{arch} batch {batch} at {size}x{size}"
+            base = "bn" if "bn" in methods else None
+            for method in methods:
+                ms = [statistics.median(r["seconds"]) * 1e3 for r in results[method]]
+                mib = [r["memory_bytes"] / 2**20 for r in results[method]]
+                for values, unit in ((ms, "ms"), (mib, "MiB")):
+                    base_values = None
+                    if base and method != base:
+                        base_values = ([statistics.median(r["seconds"]) * 1e3 for r in results[base]]
+                                       if unit == "ms" else [r["memory_bytes"] / 2**20 for r in results[base]])
+                    rows.append(row("step", f"{arch}_{method}", config, dtype, values, unit,
+                                    base if base_values else "", base_values,
+                                    STEP_TARGETS.get((method, unit))))
+                    _progress(rows[-1])
+    return rows
+
+
+def suite_inference(args, device, clock) -> list[dict]:
+    configs = [("resnet20", 16, 32)] if args.tiny else INFERENCE_CONFIGS
+    rows = []
+    for arch, batch, size in configs:
+        torch.manual_seed(0)
+        models = {m: zoo.create_model(f"{arch}_{m}", num_classes=10 if size == 32 else 1000)
+                  .to(device).eval() for m in args.methods}
+        x = torch.randn(batch, 3, size, size, device=device)
+        for dtype in DTYPES:
+            def infer(model):
+                with torch.inference_mode(), autocast(dtype, device):
+                    model(x)
+
+            times = interleaved({m: (lambda mm=model: infer(mm)) for m, model in models.items()},
+                                clock, args.repeats, args.min_block_s)
+            base = "bn" if "bn" in models else None
+            for m in models:
+                img_s = [batch / t for t in times[m]]
+                base_values = [batch / t for t in times[base]] if base and m != base else None
+                rows.append(row("inference", f"{arch}_{m}", f"{arch} batch {batch} at {size}x{size}",
+                                dtype, img_s, "img/s", base if base_values else "", base_values))
+                _progress(rows[-1])
+    return rows
+
+
+# What a user runs, each in a fresh interpreter timed from its launch to the first logits.
+HUB_LOADS = {
+    "zoo": "model = torch.hub.load({root!r}, {model!r}, source='local', weights={path!r})",
+    "torchvision": ("import torchvision\nfrom safetensors.torch import load_file\n"
+                    "model = torchvision.models.{arch}()\nmodel.load_state_dict(load_file({path!r}))"),
+}
+
+
+def _seconds_to_first_logits(side: str, **spec) -> float:
+    code = (f"import time, torch\n{HUB_LOADS[side].format(**spec)}\n"
+            f"with torch.inference_mode():\n    model.eval()(torch.randn(1, 3, 224, 224))\n")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600, cwd=tempfile.gettempdir())
+    if result.returncode != 0:
+        raise RuntimeError(f"{side} load failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def suite_hub(args, device, clock) -> list[dict]:
+    arch = "resnet18" if args.tiny else "resnet50"
+    times = {"zoo": [], "torchvision": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        path = zoo.save_checkpoint(zoo.create_model(f"{arch}_bn"), Path(tmp) / f"{arch}_bn.safetensors",
+                                   tag="bench")
+        for _ in range(args.repeats):
+            for side in times:
+                times[side].append(_seconds_to_first_logits(side, root=str(ROOT), model=f"{arch}_bn",
+                                                            arch=arch, path=str(path)))
+    config = f"fresh process to first logits, {arch} weights from a local safetensors file"
+    rows = [row("hub", "torch.hub.load (zoo)", config, "fp32", times["zoo"], "s", "torchvision",
+                times["torchvision"]),
+            row("hub", "torchvision builder", config, "fp32", times["torchvision"], "s")]
+    for r in rows:
+        _progress(r)
+    return rows
+
+
+def suite_pipeline(args, device, clock) -> list[dict]:
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    from zoo.evaluate import ImageNetVal, imagenet_loader
+    from zoo.weights import default_preprocessing, eval_transforms
+
+    if not args.imagenet_sample.is_dir():
+        raise FileNotFoundError(f"{args.imagenet_sample} does not exist; pass --imagenet-sample DIR "
+                                f"(an ImageNet <wnid>/*.JPEG tree) or leave out the pipeline suite")
+    with torch.device("meta"):
+        prep = default_preprocessing(zoo.create_model("resnet18_bn"))
+    ours = ImageNetVal(args.imagenet_sample, eval_transforms(prep), prep["crop"])
+    plain = datasets.ImageFolder(str(args.imagenet_sample), T.Compose([
+        T.Resize(prep["resize"]), T.CenterCrop(prep["crop"]), T.ToTensor(),
+        T.Normalize(prep["mean"], prep["std"])]))
+    if args.tiny:
+        ours.samples, plain.samples = ours.samples[:8], plain.samples[:8]
+    workers, batch = args.workers, 32
+
+    def drain(loader_fn):
+        for _ in loader_fn():
+            pass
+
+    loaders = {
+        "imagenet_val.py pipeline": lambda: imagenet_loader(ours, batch, workers),
+        "ImageFolder + DataLoader": lambda: torch.utils.data.DataLoader(plain, batch_size=batch,
+                                                                        num_workers=workers),
+    }
+    times = interleaved({k: (lambda f=f: drain(f)) for k, f in loaders.items()}, Clock(torch.device("cpu")),
+                        args.repeats, 0.0)
+    n = len(ours)
+    config = f"{n} full-size JPEGs, resize {prep['resize']} + crop {prep['crop']}, batch {batch}, {workers} workers"
+    base = "ImageFolder + DataLoader"
+    rows = [row("pipeline", name, config, "fp32", [n / t for t in times[name]], "img/s",
+                base if name != base else "", [n / t for t in times[base]] if name != base else None)
+            for name in loaders]
+    for r in rows:
+        _progress(r)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"{model}, {threads} thread{'s' if threads > 1 else ''}"
+
+
+def _progress(r: dict) -> None:
+    ratio = f"  {r['ratio']}x {r['baseline']}" if r["ratio"] != "" else ""
+    print(f"  {r['suite']:9} {r['name']:28} {r['config']:42} {r['dtype']:4} "
+          f"{r['value']:>10} {r['unit']}{ratio}", file=sys.stderr, flush=True)
+
+
+def to_markdown(rows: list[dict], header: dict) -> str:
+    """The full results as markdown: one table per suite, with the run's facts on top."""
+    lines = [f"Measured {header['date']} on {header['machine']} ({header['device']}), torch "
+             f"{header['torch']}, median of {header['repeats']} repeats; ± is half the range. "
+             f"Command: `{header['command']}`", ""]
+    for suite in SUITES:
+        these = [r for r in rows if r["suite"] == suite]
+        if not these:
+            continue
+        lines += [f"### {suite}", "", "| name | config | dtype | median | ± | vs | ratio | ± | goal |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in these:
+            goal = f"≤ {r['target']}x: {r['meets']}" if r["target"] != "" else ""
+            ratio = f"{float(r['ratio']):.2f}x" if r["ratio"] != "" else ""
+            ratio_spread = f"{r['ratio_spread_pct']}%" if r["ratio"] != "" else ""
+            lines.append(f"| {r['name']} | {r['config']} | {r['dtype']} | {float(r['value']):.4g} "
+                         f"{r['unit']} | {r['spread_pct']}% | {r['baseline']} | {ratio} | "
+                         f"{ratio_spread} | {goal} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ratios(rows, **match) -> list[float]:
+    return [float(r["ratio"]) for r in rows
+            if all(str(r[k]).startswith(v) for k, v in match.items()) and r["ratio"] != ""]
+
+
+def _span(values: list[float]) -> str:
+    if not values:
+        return "not measured"
+    return f"{min(values):.2f}x" if min(values) == max(values) else f"{min(values):.2f}–{max(values):.2f}x"
+
+
+def readme_section(rows: list[dict], header: dict, full_results: str) -> str:
+    """The README's performance section: the goals, then each suite in one small table."""
+    lines = [f"Measured {header['date']} on {header['machine']} ({header['device']}), torch "
+             f"{header['torch']}, with `{header['command']}`: medians of {header['repeats']} "
+             f"repeats ({header['step_repeats']} fresh processes per training-step config). "
+             f"Ratios are against the PyTorch baseline in the same run. Every row, with its "
+             f"spread: [{full_results}]({full_results}).", "",
+             "| goal (this CPU) | fp32 | bf16 autocast | met |", "|---|---|---|---|"]
+    goals = [(f"{name} forward+backward ≤ {target}x {base}", dict(suite="norms", name=name,
+              config="fwd+bwd"), target) for name, target, base in
+             (("ilm", NORM_TARGETS["ilm"], "GroupNorm"), ("l1bn", NORM_TARGETS["l1bn"], "BatchNorm2d"),
+              ("linfbn", NORM_TARGETS["linfbn"], "BatchNorm2d"))]
+    goals += [(f"mimic training step {'time' if unit == 'ms' else 'memory'} ≤ {target}x its BN twin",
+               dict(suite="step", name="", unit=unit), target)
+              for (_, unit), target in STEP_TARGETS.items()]
+    for label, match, target in goals:
+        if match["suite"] == "step":
+            these = [r for r in rows if r["suite"] == "step" and r["name"].endswith("_mimic")
+                     and r["unit"] == match["unit"] and r["ratio"] != ""]
+        else:
+            these = [r for r in rows if r["suite"] == "norms" and r["name"] == match["name"]
+                     and r["config"].startswith("fwd+bwd")]
+        by_dtype = {d: [float(r["ratio"]) for r in these if r["dtype"] == d] for d in DTYPES}
+        met = sum(float(r["ratio"]) <= target for r in these)
+        lines.append(f"| {label} | {_span(by_dtype['fp32'])} | {_span(by_dtype['bf16'])} | "
+                     f"{met} of {len(these)} |")
+
+    originals = sorted({r["name"].split(" ")[0] for r in rows if r["name"].endswith("(original)")})
+    if originals:
+        lines += ["", "Norm layers, forward+backward, at the ResNet-20 and ResNet-50 shapes "
+                  "(range over shapes; the original is the paper's op sequence):", "",
+                  "| layer | vs | NormZoo fp32 | original fp32 | NormZoo bf16 | original bf16 |",
+                  "|---|---|---|---|---|---|"]
+    per_layer = sorted({r["name"] for r in rows if r["suite"] == "norms" and r["ratio"] != ""
+                        and not r["name"].endswith("(original)")}, key=lambda n: (n not in originals, n))
+    for name in per_layer:
+        base = next(r["baseline"] for r in rows if r["suite"] == "norms" and r["name"] == name)
+        cells = [_span(_ratios([r for r in rows if r["suite"] == "norms" and r["name"] == layer
+                                and r["dtype"] == dtype], config="fwd+bwd"))
+                 if any(r["name"] == layer for r in rows) else ""
+                 for dtype in DTYPES for layer in (name, f"{name} (original)")]
+        lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
+
+    step = [r for r in rows if r["suite"] == "step"]
+    if step:
+        configs = list(dict.fromkeys(r["config"] for r in step))
+        lines += ["", "Training step (SGD, forward+backward+update), time and peak memory against "
+                  "the BN twin; each configuration in a fresh process:", "",
+                  "| method | " + " | ".join(f"{c.split(' ')[0]} {d} time / memory" for c in configs
+                                          for d in DTYPES) + " |",
+                  "|---|" + "---|" * (len(configs) * len(DTYPES))]
+        methods = list(dict.fromkeys(r["name"].split("_", 1)[1] for r in step))
+        for method in methods:
+            cells = []
+            for config in configs:
+                for dtype in DTYPES:
+                    pair = {r["unit"]: r for r in step if r["config"] == config and r["dtype"] == dtype
+                            and r["name"].endswith(f"_{method}")}
+                    if not pair:
+                        cells.append("")
+                    elif pair["ms"]["ratio"] == "":
+                        cells.append(f"{float(pair['ms']['value']):.0f} ms / {float(pair['MiB']['value']):.0f} MiB")
+                    else:
+                        cells.append(f"{float(pair['ms']['ratio']):.2f}x / {float(pair['MiB']['ratio']):.2f}x")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+
+    inference = [r for r in rows if r["suite"] == "inference"]
+    if inference:
+        configs = list(dict.fromkeys(r["config"] for r in inference))
+        lines += ["", "Inference (eval mode), images per second:", "",
+                  "| method | " + " | ".join(f"{c} {d}" for c in configs for d in DTYPES)
+                  + " |", "|---|" + "---|" * (len(configs) * len(DTYPES))]
+        for method in dict.fromkeys(r["name"].split("_", 1)[1] for r in inference):
+            cells = []
+            for config in configs:
+                for dtype in DTYPES:
+                    r = next((r for r in inference if r["config"] == config and r["dtype"] == dtype
+                              and r["name"].endswith(f"_{method}")), None)
+                    cells.append("" if r is None else f"{float(r['value']):.0f}"
+                                 + (f" ({float(r['ratio']):.2f}x)" if r["ratio"] != "" else ""))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+
+    others = [r for r in rows if r["suite"] in ("hub", "pipeline")]
+    if others:
+        lines += ["", "| loading | config | median | vs | ratio |", "|---|---|---|---|---|"]
+        for r in others:
+            ratio = f"{float(r['ratio']):.2f}x" if r["ratio"] != "" else ""
+            lines.append(f"| {r['name']} | {r['config']} | {float(r['value']):.3g} {r['unit']} | "
+                         f"{r['baseline']} | {ratio} |")
+    return "\n".join(lines)
+
+
+def write(rows: list[dict], header: dict, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"benchmark-{header['device']}"
+    csv_path, md_path, meta_path = out / f"{stem}.csv", out / f"{stem}.md", out / f"{stem}.json"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta_path.write_text(json.dumps(header, indent=2) + "\n")
+    md_path.write_text(to_markdown(rows, header))
+    return csv_path, md_path
+
+
+def read(out: Path, device: str = "cpu") -> tuple[list[dict], dict]:
+    """A written run: its rows (CSV) and header (JSON)."""
+    stem = out / f"benchmark-{device}"
+    with open(stem.with_suffix(".csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, json.loads(stem.with_suffix(".json").read_text())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suites", default=",".join(SUITES), help="comma-separated, of: %(default)s")
+    p.add_argument("--norms", help="norm layers for the norms suite (default: every per-layer norm)")
+    p.add_argument("--methods", default=",".join(METHODS), help="for step/inference (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--step-repeats", type=int, default=2, help="fresh processes per step config")
+    p.add_argument("--step-steps", type=int, default=5, help="timed steps per step process")
+    p.add_argument("--min-block-s", type=float, default=0.05, help="seconds per timed block")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the pipeline suite")
+    p.add_argument("--imagenet-sample", type=Path, default=IMAGENET_SAMPLE)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for benchmark-<device>.csv/.md/.json")
+    p.add_argument("--tiny", action="store_true", help="one shape, one repeat: checks that it runs")
+    p.add_argument("--worker-step", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker_step:
+        print(json.dumps(step_worker(json.loads(args.worker_step))))
+        return 0
+
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.norms = [n.strip() for n in args.norms.split(",")] if args.norms else None
+    problems = [f"unknown suite {s!r} (of {', '.join(SUITES)})" for s in suites if s not in SUITES]
+    problems += [f"{n!r} is not a per-layer norm (of {', '.join(per_layer_norms())})"
+                 for n in args.norms or [] if n not in per_layer_norms()]
+    problems += [f"unknown method {m!r} (of {', '.join(zoo.list_norms())})"
+                 for m in args.methods if m not in zoo.list_norms()]
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append("--device cuda but torch sees no GPU")
+    if problems:
+        p.error("; ".join(problems))
+    if args.tiny:
+        args.repeats, args.step_repeats, args.min_block_s = 1, 1, 0.0
+    device = torch.device(args.device)
+    header = {"date": datetime.date.today().isoformat(), "machine": machine(device),
+              "device": device.type, "torch": torch.__version__, "repeats": args.repeats,
+              "step_repeats": args.step_repeats, "tiny": args.tiny,
+              "command": "python eval/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    clock = Clock(device)
+    rows = []
+    for suite in suites:
+        print(f"{suite} ...", file=sys.stderr, flush=True)
+        try:
+            rows += globals()[f"suite_{suite}"](args, device, clock)
+        except (FileNotFoundError, RuntimeError) as e:
+            print(f"error: {suite}: {e}", file=sys.stderr)
+            return 2
+    csv_path, md_path = write(rows, header, args.out)
+    print(to_markdown(rows, header))
+    print(f"wrote {csv_path} and {md_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
