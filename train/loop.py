@@ -18,7 +18,6 @@ import random
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,10 @@ import torch.nn.functional as F
 import zoo
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate, rank_and_world, split_name
-from zoo.weights import default_preprocessing, eval_transforms
+from zoo.weights import default_preprocessing, eval_transforms, git_commit
 
 from .data import CifarTrainBatches, imagenet_train_loader
 from .recipes import RECIPES, Recipe, for_model, get_recipe, override
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
@@ -105,18 +102,6 @@ def lr_lambda(recipe: Recipe, steps_per_epoch: int):
         return recipe.gamma ** sum(step >= m for m in milestones)
 
     return factor
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
-                                "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def command_line(argv=None) -> str:

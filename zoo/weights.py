@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -412,6 +413,23 @@ def eval_transforms(preprocessing: Mapping[str, Any]):
     steps += [v2.CenterCrop(preprocessing["crop"]), v2.ToDtype(torch.float32, scale=True),
               v2.Normalize(preprocessing["mean"], preprocessing["std"])]
     return v2.Compose(steps)
+
+
+def git_commit() -> str:
+    """This checkout's commit, recorded in checkpoints as what produced them (``-dirty``
+    with uncommitted changes), or "unknown" (an installed package, no git)."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():  # an installed package: not ours to ask git about
+        return "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
+                                "--untracked-files=no"], cwd=repo, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def save_checkpoint(model: nn.Module, path: Union[str, Path], *, tag: str,
