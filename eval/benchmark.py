@@ -11,8 +11,9 @@ Suites:
              tensors, at ResNet-20 and ResNet-50 shapes, fp32 and bf16 autocast; also the
              papers' op sequences ("original", eval/original_style.py)
   step       one SGD training step per method, ResNet-20 (CIFAR, batch 128) and ResNet-50 /
-             VGG-16 (224x224, small batch): time and peak memory, each configuration in a
-             fresh process (peak RSS is a high-water mark; on a GPU max_memory_allocated)
+             VGG-16 (224x224, small batch): time and memory, each configuration in a fresh
+             process; memory is the peak RSS during the steps (VmHWM, reset before them) less
+             the RSS before them; on a GPU max_memory_allocated less memory_allocated
   inference  img/s per method in eval mode
   hub        a fresh process: torch.hub.load + weights + first logits, against torchvision's
              builder loading the same weights from a local file
@@ -32,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -228,19 +228,24 @@ def step_worker(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        before = _rss_bytes()
+        # Importing torch peaks higher than a small model's step, so the process's high-water
+        # mark is reset here (Linux: clear_refs 5 resets VmHWM) and read after the steps.
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _proc_status_bytes("VmRSS")
     clock = Clock(device)
     seconds = [clock(step, 1) for _ in range(spec["warmup"] + spec["steps"])][spec["warmup"]:]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        peak = _proc_status_bytes("VmHWM")
     return {"seconds": seconds, "memory_bytes": peak - before, "peak_bytes": peak}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"/proc/self/status has no {field}: peak memory needs Linux on CPU")
 
 
 def _step_in_fresh_process(spec: dict) -> dict:
@@ -262,7 +267,7 @@ def suite_step(args, device, clock) -> list[dict]:
                 for method in methods:
                     spec = {"model": f"{arch}_{method}", "batch": batch, "size": size, "dtype": dtype,
                             "num_classes": 10 if size == 32 else 1000, "device": str(device),
-                            "warmup": 1 if args.tiny else 2, "steps": 1 if args.tiny else args.step_steps}
+                            "warmup": 1, "steps": 1 if args.tiny else args.step_steps}
                     results[method].append(_step_in_fresh_process(spec))
             config = f"{arch} batch {batch} at {size}x{size}"
             base = "bn" if "bn" in methods else None
@@ -564,7 +569,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="for step/inference (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--step-repeats", type=int, default=2, help="fresh processes per step config")
-    p.add_argument("--step-steps", type=int, default=5, help="timed steps per step process")
+    p.add_argument("--step-steps", type=int, default=3, help="timed steps per step process (after 1 warm-up)")
     p.add_argument("--min-block-s", type=float, default=0.05, help="seconds per timed block")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the pipeline suite")
     p.add_argument("--imagenet-sample", type=Path, default=IMAGENET_SAMPLE)
@@ -595,7 +600,7 @@ def main(argv=None) -> int:
     header = {"date": datetime.date.today().isoformat(), "machine": machine(device),
               "device": device.type, "torch": torch.__version__, "repeats": args.repeats,
               "step_repeats": args.step_repeats, "tiny": args.tiny,
-              "command": "python eval/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "command": " ".join(["python eval/benchmark.py", *(sys.argv[1:] if argv is None else argv)])}
     clock = Clock(device)
     rows = []
     for suite in suites:
