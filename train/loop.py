@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import zoo
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate, rank_and_world, split_name
-from zoo.weights import default_preprocessing, eval_transforms, git_commit
+from zoo.weights import default_preprocessing, eval_transforms, git_commit, new_head
 
 from .data import CifarTrainBatches, imagenet_train_loader
 from .recipes import RECIPES, Recipe, for_model, get_recipe, override
@@ -43,6 +43,13 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="CIFAR folder (python layout) or ImageNet train tree")
     p.add_argument("--out", required=True, help="run folder (created; resumed with --resume)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--weights", help="start from published weights (fine-tuning): DEFAULT, a tag or model.tag")
+    p.add_argument("--checkpoint", help="start from a local NormZoo checkpoint (file or Hub folder)")
+    p.add_argument("--num-classes", type=int,
+                   help="classifier size, the data's (default: read from --data); with weights of "
+                        "another size the head is new")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the head (a linear probe); the backbone's norms stay in eval mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the recipe")
     p.add_argument("--batch-size", type=int, help="override the recipe (global batch)")
@@ -123,11 +130,10 @@ class Run:
         if self.recipe.batch_size % world:
             raise ValueError(f"batch size {self.recipe.batch_size} does not split between {world} "
                              f"processes")
+        self._data()
         torch.manual_seed(args.seed)
         random.seed(args.seed)
-        self.model = zoo.create_model(args.model, num_classes=_num_classes(self.recipe.dataset),
-                                      **({"zero_init_residual": True}
-                                         if self.recipe.zero_init_residual else {}))
+        self.model = self._build_model()
         self.model.to(self.device)
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -139,7 +145,6 @@ class Run:
                 self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if args.compile:
             self.train_model = torch.compile(self.train_model)
-        self._data()
         r = self.recipe
         self.optimizer = torch.optim.SGD(param_groups(self.model, r), lr=r.lr, momentum=r.momentum,
                                          nesterov=r.nesterov)
@@ -150,10 +155,45 @@ class Run:
         self.epoch, self.step = 0, 0  # next epoch to run, and next step inside it
         self.stop_requested = False
 
+    def _build_model(self) -> torch.nn.Module:
+        """A fresh model, or (fine-tuning) the given weights with a new head when the class
+        count differs; with --freeze-backbone only the head trains."""
+        args = self.args
+        num_classes = _num_classes(self.dataset)
+        if args.num_classes not in (None, num_classes):
+            raise ValueError(f"--num-classes {args.num_classes}, but {args.data} holds {self.dataset} "
+                             f"with {num_classes} classes")
+        if args.weights and args.checkpoint:
+            raise ValueError("pass --weights (published) or --checkpoint (a local file), not both")
+        start = args.weights or (Path(args.checkpoint) if args.checkpoint else None)
+        if start is None:
+            if args.freeze_backbone:
+                raise ValueError("--freeze-backbone needs --weights or --checkpoint: a trained "
+                                 "backbone to keep")
+            return zoo.create_model(args.model, num_classes=num_classes,
+                                    **({"zero_init_residual": True} if self.recipe.zero_init_residual else {}))
+        model = zoo.create_model(args.model, weights=start, progress=_rank() == 0)
+        total = len(model.state_dict())
+        new = new_head(model, num_classes) if num_classes != model.config["num_classes"] else []
+        _say(f"loaded {model.config['weights']}: {total - len(new)} of {total} tensors"
+             + (f"; a new {num_classes}-class head, freshly initialised: {', '.join(new)}" if new else ""))
+        if args.freeze_backbone:
+            head = tuple(f"{name}." for name in model.head_names())
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(head))
+            _say(f"linear probe: training {', '.join(model.head_names())} only; the backbone is "
+                 f"frozen and its norms stay in eval mode")
+        return model
+
     def _data(self) -> None:
         r, args = self.recipe, self.args
         if r.dataset.startswith("cifar"):
             train = load_cifar(args.data, "train")
+            self.dataset = "cifar100" if len(train.classes) == 100 else "cifar10"
+            if r.dataset not in ("cifar", self.dataset):
+                raise ValueError(f"recipe {r.name} trains on {r.dataset}, but {args.data} holds "
+                                 f"{self.dataset}; pass {r.dataset} data or a recipe for any CIFAR "
+                                 f"(--recipe finetune)")
             images, labels = train.images, train.labels
             if args.limit_train:
                 images, labels = images[: args.limit_train], labels[: args.limit_train]
@@ -168,7 +208,7 @@ class Run:
             if self.steps_per_epoch == 0:
                 raise ValueError(f"{cut} training images make no batch of {r.batch_size}")
         else:
-            self.val = None
+            self.dataset, self.val = "imagenet", None
             self.loader, self.sampler = imagenet_train_loader(args.data, r.batch_size, args.workers,
                                                               seed=args.seed)
             self.steps_per_epoch = len(self.loader)
@@ -226,6 +266,10 @@ class Run:
         from tqdm.auto import tqdm
 
         self.train_model.train()
+        if self.args.freeze_backbone:  # a linear probe: the backbone's norm statistics stay as loaded
+            self.model.eval()
+            for name in self.model.head_names():
+                self.model.get_submodule(name).train()
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = seen = 0
         start = time.perf_counter()
@@ -322,13 +366,13 @@ class Run:
 
         r, args = self.recipe, self.args
         metrics = None
-        if r.dataset.startswith("cifar"):
+        if self.dataset.startswith("cifar"):
             test = load_cifar(args.test_data or args.data, "test")
             transform = eval_transforms(default_preprocessing(self.model))
             result = evaluate(self.model, cifar_batches(test.images, test.labels, transform, 500),
                               device=self.device)
             metrics = {"top1": round(result.top1, 2), "top5": round(result.top5, 2),
-                       "split": split_name(r.dataset, result.num_images),
+                       "split": split_name(self.dataset, result.num_images),
                        "num_images": result.num_images}
             _say(f"test: top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}% on {metrics['split']}")
         if _rank() != 0:
@@ -336,7 +380,7 @@ class Run:
         self.plot()
         recipe_json = json.loads((self.out / "recipe.json").read_text())
         path = zoo.save_checkpoint(self.model.cpu().float(), self.out / "model.safetensors",
-                                   tag=args.tag or r.dataset, dataset=r.dataset, metrics=metrics,
+                                   tag=args.tag or self.dataset, dataset=self.dataset, metrics=metrics,
                                    recipe={"command": recipe_json["command"],
                                            "commit": recipe_json["commit"],
                                            **run_summary(self.out, r)})

@@ -14,7 +14,7 @@ from typing import Optional
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     name: str
-    dataset: str                 # "cifar10", "cifar100" or "imagenet"
+    dataset: str                 # "cifar10", "cifar100", "imagenet", or "cifar": whichever --data holds
     epochs: int
     batch_size: int              # global: split between torchrun processes
     lr: float
@@ -64,6 +64,10 @@ RECIPES = {r.name: r for r in (
     Recipe("norm_matters_imagenet", "imagenet", epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4,
            schedule="step", milestones=(30, 60, 80), augment="rrc_flip", zero_init_residual=True,
            val_images=0, source="Norm Matters paper, ImageNet (METHODS.md; bwn: lr 0.2, wd 0)"),
+    Recipe("finetune", "cifar", epochs=10, batch_size=64, lr=0.01, nesterov=True,
+           weight_decay=5e-4, schedule="cosine", warmup_epochs=0.5, val_images=0, amp=True,
+           source="fine-tuning from --weights/--checkpoint on any CIFAR (10 or 100 classes): "
+                  "lr 0.01, short warm-up; with --freeze-backbone a linear probe"),
     Recipe("test_tiny", "cifar10", epochs=2, batch_size=32, lr=0.05, weight_decay=5e-4,
            schedule="cosine", warmup_epochs=0.5, val_images=64,
            source="a few steps for tests and smoke runs (use with --limit-train)"),

@@ -562,15 +562,24 @@ def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bo
                                      else read_metadata(path).get("preprocessing"))
     if num_classes is None or num_classes == model.config["num_classes"]:
         return []
-    old_modules = dict(model.named_modules())
+    return new_head(model, num_classes)
+
+
+def new_head(model: nn.Module, num_classes: int) -> list[str]:
+    """Give a loaded model a freshly initialised ``num_classes`` head (classifier and logits
+    norm) for fine-tuning; returns and logs the re-initialised keys."""
     model.reset_classifier(num_classes)
-    new_modules = [n for n, m in model.named_modules() if old_modules.get(n) is not m]
-    reinitialized = sorted(k for k in model.state_dict()
-                           if any(k.startswith(f"{n}.") for n in new_modules))
     model.config["num_classes"] = num_classes
+    reinitialized = head_keys(model)
     _log.warning("%s: loaded %s with a new %d-class head; re-initialised %s",
-                 model.config["name"], model.config["weights"], num_classes, ", ".join(reinitialized))
+                 model.config["name"], model.config.get("weights"), num_classes, ", ".join(reinitialized))
     return reinitialized
+
+
+def head_keys(model: nn.Module) -> list[str]:
+    """The state_dict keys of the model's head (classifier and logits norm, ``head_names``)."""
+    heads = model.head_names()
+    return sorted(k for k in model.state_dict() if any(k.startswith(f"{n}.") for n in heads))
 
 
 def _few(keys: Iterable[str], n: int = 5) -> str:

@@ -188,6 +188,10 @@ class ResNet(nn.Module):
                                          f"gain; norm {norm.name!r} has none")
                     nn.init.zeros_(weight)
 
+    def head_names(self) -> list[str]:
+        """The modules ``reset_classifier`` replaces: what a linear probe trains."""
+        return ["fc"] + (["logits_norm"] if self.logits_norm is not None else [])
+
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised classifier (and logits norm) for ``num_classes``."""
         old = self.fc

@@ -80,6 +80,11 @@ class VGG(nn.Module):
                 nn.init.zeros_(m.bias)
         apply_norm_init(self, norm, "vgg", variant)
 
+    def head_names(self) -> list[str]:
+        """The modules ``reset_classifier`` replaces: what a linear probe trains."""
+        return [f"classifier.{len(self.classifier) - 1}"] + (
+            ["logits_norm"] if self.logits_norm is not None else [])
+
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised last Linear (and logits norm) for ``num_classes``."""
         old = self.classifier[-1]
