@@ -22,8 +22,8 @@ import torch
 from huggingface_hub import HfApi, get_token
 from torch import nn
 
-from .weights import (HUB_FILENAME, RECIPE_KEYS, UNPUBLISHED, Weights, WeightsError, get_weight, load_manifest,
-                      manifest_path, read_metadata, sha256sum, write_manifest)
+from .weights import (HUB_FILENAME, RECIPE_KEYS, UNPUBLISHED, Weights, WeightsError, get_weight,
+                      load_manifest, manifest_path, read_metadata, sha256sum, write_manifest)
 
 DEFAULT_ORG = "normzoo"
 GITHUB_REPO = "org/normzoo"
