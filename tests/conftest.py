@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,3 +20,13 @@ def data_root() -> Path:
         pytest.fail(f"the shared data is not at {root}: set NORMZOO_DATA to the folder "
                     f"holding cifar10/, cifar100/ and imagenet/")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: the trainer's results are bit-reproducible
+    on a fixed thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

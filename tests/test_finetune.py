@@ -12,15 +12,7 @@ import train.loop
 import zoo
 from zoo.weights import read_metadata
 
-CIFAR100_TRAIN = 486  # the shared partial CIFAR-100: first 486 training, 916 test images
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,8 @@ from zoo.weights import default_preprocessing, eval_transforms, read_metadata
 
 from conftest import REPO
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAMILIES = ["bn", "gn", "ilm", "mimic", "l1bn", "bwn"]
 CKPT_KEYS = {"epoch", "step", "model", "optimizer", "scheduler", "scaler", "torch_rng",
              "python_rng"}
@@ -68,14 +70,6 @@ def epoch(self, epoch, start_step=0):
 train.data.CifarTrainBatches.epoch = epoch
 sys.exit(train.loop.main(sys.argv[1:]))
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
