@@ -1,12 +1,15 @@
-"""What the norm layers share: the group rule and the low-precision policy."""
+"""What the norm layers share: the group rule, the low-precision policy and the fused
+per-channel kernels the layers are built from."""
 
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 
-__all__ = ["group_count", "fp32_statistics"]
+__all__ = ["group_count", "fp32_statistics", "statistics_dtype", "channel_affine",
+           "channel_sums"]
 
 
 def group_count(num_channels: int, max_groups: int, min_group_channels: int) -> int:
@@ -22,19 +25,60 @@ def group_count(num_channels: int, max_groups: int, min_group_channels: int) -> 
     return groups
 
 
+def statistics_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a norm's statistics and per-channel parameters take for input ``x``:
+    float32 for bf16/fp16/fp32 input, float64 for float64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def fp32_statistics(forward):
-    """Run a norm's forward with statistics in float32 whatever the input precision.
+    """Run a norm's forward with autocast off, on the input as it comes.
 
     Under autocast, or on a bf16/fp16 model, reductions in half precision lose accuracy or
-    overflow (Norm Matters' point is stability in low precision: keep it). The wrapped forward
-    sees autocast disabled and a float32 (or float64) input; its output is cast back to the
-    input's dtype, as an ordinary layer's would be.
+    overflow (Norm Matters' point is stability in low precision: keep it). So every layer
+    reads a low-precision input directly with kernels that accumulate in float32 (the
+    mixed-type batch-norm and group-norm kernels: low-precision data, float32 statistics and
+    parameters) and writes its output in the input's dtype, as BatchNorm2d and GroupNorm do.
+    It never copies the activation to float32: on CPU that copy cost more than the layer.
+    Autocast stays off inside, so the few small matmuls (ILM's encoder) run in float32.
     """
 
     @functools.wraps(forward)
     def wrapped(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = forward(self, x if x.dtype in (torch.float32, torch.float64) else x.float())
-        return out.to(x.dtype)
+            return forward(self, x)
 
     return wrapped
+
+
+def channel_affine(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                   shift: Optional[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(x - mean) * scale + shift`` per channel (dim 1), in one fused pass, output in x's dtype.
+
+    batch_norm's eval form: it takes low-precision ``x`` with float32 ``mean``/``scale``/
+    ``shift`` and computes in float32 (a plain mixed-dtype ``x * scale`` is unvectorised and
+    ~30x slower on CPU). ``out``: a buffer of x's shape and dtype to write into, sparing an
+    allocation (on CPU, fresh pages of a large tensor cost about as much as the pass itself).
+    """
+    unit_var = torch.ones_like(mean)
+    if out is None:
+        return torch.batch_norm(x, scale, shift, mean, unit_var, False, 0.0, 0.0, False)
+    unused_mean, unused_inv_std = mean.new_empty(0), mean.new_empty(0)
+    torch.ops.aten.native_batch_norm.out(x, scale, shift, mean, unit_var, False, 0.0, 0.0,
+                                         out=out, save_mean=unused_mean, save_invstd=unused_inv_std)
+    return out
+
+
+def channel_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor):
+    """Per channel ``sum(grad)`` and ``sum(grad * (x - mean))`` in the statistics dtype, in one
+    pass over the data that writes nothing.
+
+    batch_norm's eval-mode backward with unit variance computes exactly these as its bias and
+    weight gradients (accumulating low-precision data in float32); asking for no input
+    gradient leaves just the reduction. ``channel_sums(x, x, 0)`` gives sum(x) and sum(x^2),
+    several times faster than ``x.sum((0, 2, 3))`` on bf16 data.
+    """
+    unit_var = torch.ones_like(mean)
+    _, sum_grad_dev, sum_grad = torch.ops.aten.native_batch_norm_backward(
+        grad, x, None, mean, unit_var, None, None, False, 0.0, [False, True, True])
+    return sum_grad, sum_grad_dev

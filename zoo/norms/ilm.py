@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .common import fp32_statistics, group_count
+from .common import channel_affine, fp32_statistics, group_count, statistics_dtype
 
 __all__ = ["ILMNorm"]
 
@@ -145,10 +145,12 @@ class _ILMNormFunction(torch.autograd.Function):
     through the key and norm groups' means and unbiased variances. As
     d var / dx = 2 (x - mean) / (m - 1) and d mean / dx = 1 / m over a group of m values,
         dx = scale * dy + alpha * x + beta,
-    alpha and beta constant over each fine group. One fused pass over dy and x gives
-    scale * dy and the per-(n, c) sums(dy * (x - mean)) and sum(dy), which drive the tiny
-    (N, C)-sized chain rule by hand (no autograd graph); two in-place passes then add
-    alpha * x + beta. On small maps the tiny ops dominate, so they are kept few.
+    alpha and beta constant over each fine group. One reduction over dy and x gives the
+    per-(n, c) sums(dy * (x - mean)) and sum(dy), which drive the tiny (N, C)-sized chain
+    rule by hand (no autograd graph); dx is then scale * dy plus alpha * x + beta. A bf16 x
+    stays bf16 throughout: float32 statistics, per-(n, c) float32 coefficients applied by
+    mixed-type kernels, output and dx in bf16. On small maps the tiny ops dominate, so they
+    are kept few.
     """
 
     @staticmethod
@@ -159,16 +161,19 @@ class _ILMNormFunction(torch.autograd.Function):
         count = fine * h * w  # values per fine group
         eps = layer.eps
         ctx.param_dtypes = [p.dtype for p in params]
-        # A model converted to bf16 keeps bf16 parameters; the statistics run in x's dtype.
+        # Statistics and parameters in float32 (float64 for a float64 x), whatever x's dtype:
+        # a bf16 x is read as it is (see fp32_statistics).
+        dtype = statistics_dtype(x)
         encoder_weight, gain_weight, shift_weight, weight_bias, bias_bias = (
-            p if p.dtype == x.dtype else p.to(x.dtype) for p in params)
+            p if p.dtype == dtype else p.to(dtype) for p in params)
 
         # The native GroupNorm kernel is the fastest accurate moments pass on CPU
-        # (torch.var_mean is ~10x slower), and its output z = (x - fine_mean) * fine_rstd
-        # becomes y in place. eps > 0 keeps z finite on constant groups; the variance comes
-        # back exact up to rounding (absolute error ~ ulp * eps, far below what eps adds).
+        # (torch.var_mean is ~10x slower); given float32 unit affine parameters it returns
+        # float32 moments of a bf16 x. Its output z = (x - fine_mean) * fine_rstd is the
+        # buffer y is written into. eps > 0 keeps z finite on constant groups; the variance
+        # comes back exact up to rounding (absolute error ~ ulp * eps, far below what eps adds).
         z, fine_mean, fine_rstd = torch.native_group_norm(
-            x, None, None, n, c, h * w, c // fine, eps)
+            x, weight_bias.new_ones(c), weight_bias.new_zeros(c), n, c, h * w, c // fine, eps)
         fine_var = fine_rstd.pow(-2).sub_(eps).clamp_min_(0)
         key_mean, key_var = _merge_groups(fine_mean, fine_var, count, key // fine)
         mean, var = _merge_groups(fine_mean, fine_var, count, group // fine)
@@ -181,25 +186,37 @@ class _ILMNormFunction(torch.autograd.Function):
         bias = (shift.unsqueeze(2) + bias_bias.view(-1, key)).view(n, c)
         rstd = var.add(eps).rsqrt_()
 
-        # y = (x - mean) * rstd * weight + bias with x - mean = z / fine_rstd + fine_mean - mean:
-        # accurate even when |mean| >> std, where the usual fold x * a + (bias - mean * a)
-        # cancels. Shapes (n, norm groups, fine groups per norm group, fine group channels).
-        fine_shape = (n, c // group, group // fine)
-        channel_shape = fine_shape + (fine,)
-        weight_4d = weight.view(channel_shape)
-        z_scale = weight_4d * (rstd.unsqueeze(2) / fine_rstd.view(fine_shape)).unsqueeze(3)
-        if group == fine:  # then mean is fine_mean
-            z_shift = bias
+        # y is one per-(n, c) affine pass (batch_norm's eval kernel on an (1, N*C, H*W) view),
+        # written into z's buffer (a fresh large tensor costs page faults).
+        rows = (1, n * c, h * w)
+        if x.dtype == dtype:
+            # From z: y = z * z_scale + z_shift with x - mean = z / fine_rstd + fine_mean - mean,
+            # accurate even when |mean| >> std, where the fold x * a + (bias - mean * a) that
+            # the kernel computes would cancel. Shapes (n, norm groups, fine groups per norm
+            # group, fine group channels).
+            fine_shape = (n, c // group, group // fine)
+            channel_shape = fine_shape + (fine,)
+            weight_4d = weight.view(channel_shape)
+            z_scale = weight_4d * (rstd.unsqueeze(2) / fine_rstd.view(fine_shape)).unsqueeze(3)
+            if group == fine:  # then mean is fine_mean
+                z_shift = bias
+            else:
+                offset = (fine_mean.view(fine_shape) - mean.unsqueeze(2)) * rstd.unsqueeze(2)
+                z_shift = torch.addcmul(bias.view(channel_shape), weight_4d, offset.unsqueeze(3))
+            channel_affine(z.view(rows), z_scale.new_zeros(n * c), z_scale.reshape(-1),
+                           z_shift.reshape(-1), out=z.view(rows))
         else:
-            offset = (fine_mean.view(fine_shape) - mean.unsqueeze(2)) * rstd.unsqueeze(2)
-            z_shift = torch.addcmul(bias.view(channel_shape), weight_4d, offset.unsqueeze(3))
-        # In place: a fresh large tensor costs page faults, and addcmul with a broadcast
-        # addend is not vectorised.
-        y = z.mul_(z_scale.view(n, c, 1, 1)).add_(z_shift.view(n, c, 1, 1))
+            # From x, rounded once to x's low precision; the fold's float32 cancellation,
+            # ~1e-7 |mean| / std, stays far below bf16's 4e-3.
+            group_shape = (n, c // group, group)
+            channel_affine(x.view(rows), mean.unsqueeze(2).expand(group_shape).reshape(-1),
+                           (weight.view(group_shape) * rstd.unsqueeze(2)).view(-1),
+                           bias.view(-1), out=z.view(rows))
+        y = z  # not a view of it: autograd forbids in-place ops (ReLU) on a Function's views
 
         ctx.sizes = fine, key, group, count
         ctx.save_for_backward(x, encoder_weight, gain_weight, shift_weight, key_stats, codes,
-                              gain, shift, mean, rstd, weight)
+                              gain, shift, mean, rstd, weight, fine_mean, fine_rstd)
         return y
 
     @staticmethod
@@ -213,23 +230,29 @@ class _ILMNormFunction(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dy):
         (x, encoder_weight, gain_weight, shift_weight, key_stats, codes, gain, shift, mean, rstd,
-         weight) = ctx.saved_tensors
+         weight, fine_mean, fine_rstd) = ctx.saved_tensors
         fine, key, group, count = ctx.sizes
         n, c = weight.shape
         need_dx = ctx.needs_input_grad[0]
 
-        # Eval-mode BatchNorm backward on (1, N*C, H*W) views is one fused pass giving, per
-        # (n, c): dy * scale, sum(dy * (x - mean)) = dL/dscale and sum(dy) = dL/dbias.
+        # Per (n, c): sum(dy * z) and sum(dy), z = (x - fine_mean) * fine_rstd, from GroupNorm's
+        # backward on (1, N*C, H*W) views asked for its affine gradients only (one pass that
+        # writes nothing; batch_norm's is several times slower on bf16 rows); then
+        # dL/dscale = sum(dy * (x - mean)) = sum(dy * z) / fine_rstd + (fine_mean - mean) sum(dy)
+        # and dL/dbias = sum(dy). dx starts as dy * scale, batch_norm's eval kernel.
         rows = (1, n * c, x.shape[2] * x.shape[3])
         group_shape = (n, c // group, group)
-        scale = weight.view(group_shape) * rstd.unsqueeze(2)
-        channel_mean = mean.unsqueeze(2).expand(group_shape).reshape(-1)
+        scale = (weight.view(group_shape) * rstd.unsqueeze(2)).view(-1)
+        dy = dy.contiguous()
         if n:
-            dx, d_scale, d_bias = torch.ops.aten.native_batch_norm_backward(
-                dy.contiguous().view(rows), x.view(rows), scale.view(-1), channel_mean,
-                torch.ones_like(channel_mean), None, None, False, 0.0, [need_dx, True, True])
-        else:  # an empty batch would crash that kernel (it divides by the channel count)
-            dx, d_scale, d_bias = torch.empty_like(x), x.new_empty(0), x.new_empty(0)
+            _, sum_dy_z, d_bias = torch.ops.aten.native_group_norm_backward(
+                dy.view(rows), x.view(rows), fine_mean.view(1, -1), fine_rstd.view(1, -1),
+                torch.ones_like(scale), 1, n * c, rows[2], n * c // fine, [False, True, True])
+            dx = channel_affine(dy.view(rows), torch.zeros_like(scale), scale, None) if need_dx else None
+        else:  # an empty batch would crash those kernels
+            sum_dy_z, d_bias, dx = scale.new_empty(0), scale.new_empty(0), torch.empty_like(x)
+        offset = (_repeat(fine_mean, fine) - _repeat(mean, group)).reshape(-1)
+        d_scale = torch.addcmul(sum_dy_z / _repeat(fine_rstd, fine).reshape(-1), offset, d_bias)
 
         # scale = weight * rstd, weight = gain + weight_bias, bias = shift + bias_bias.
         d_weight = d_scale.view(group_shape) * rstd.unsqueeze(2)
@@ -263,7 +286,12 @@ class _ILMNormFunction(torch.autograd.Function):
         norm_beta = torch.addcmul(d_mean.div_(group_values), norm_alpha, mean, value=-1)
         alpha = _repeat(key_alpha, key // fine) + _repeat(norm_alpha, group // fine)
         beta = _repeat(key_beta, key // fine) + _repeat(norm_beta, group // fine)
-        per_fine_group = (n, c // fine, count)
-        dx = dx.view(per_fine_group)
-        dx.addcmul_(x.view(per_fine_group), alpha.unsqueeze(2)).add_(beta.unsqueeze(2))
+        if dx.dtype == alpha.dtype:
+            per_fine_group = (n, c // fine, count)
+            dx = dx.view(per_fine_group)
+            dx.addcmul_(x.view(per_fine_group), alpha.unsqueeze(2)).add_(beta.unsqueeze(2))
+        else:  # bf16 dx: alpha * x + beta in float32 (one kernel), then a bf16 add
+            fine_rows = (1, n * c // fine, count)
+            dx.view(fine_rows).add_(channel_affine(x.view(fine_rows), alpha.new_zeros(alpha.numel()),
+                                                   alpha.view(-1), beta.view(-1)))
         return (dx.view_as(x), None, *param_grads)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
-from .common import fp32_statistics
+from .common import channel_affine, channel_sums, fp32_statistics, statistics_dtype
 
 __all__ = [
     "L1BatchNorm2d",
@@ -37,7 +37,6 @@ __all__ = [
     "apply_bounded_weight_norm",
 ]
 
-_CHANNEL_DIMS = (0, 2, 3)
 # E|x - mu| = sigma * sqrt(2 / pi) for Gaussian x: this factor turns the mean deviation into sigma.
 _L1_TO_STD = math.sqrt(math.pi / 2)
 
@@ -47,36 +46,28 @@ def _per_channel(values: torch.Tensor) -> torch.Tensor:
     return values[:, None, None]
 
 
-def _affine(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
-            shift: Optional[torch.Tensor], out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``(x - mean) * scale + shift`` per channel, in one fused pass (batch_norm's eval form).
-
-    ``out``: a buffer of x's shape to write into, sparing an allocation (on CPU, fresh pages
-    of a large tensor cost about as much as the pass itself).
-    """
-    unit_var = torch.ones_like(mean)
-    if out is None:
-        return F.batch_norm(x, mean, unit_var, scale, shift, training=False, momentum=0.0, eps=0.0)
-    unused_mean, unused_inv_std = mean.new_empty(0), mean.new_empty(0)
-    torch.ops.aten.native_batch_norm.out(x, scale, shift, mean, unit_var, False, 0.0, 0.0,
-                                         out=out, save_mean=unused_mean, save_invstd=unused_inv_std)
-    return out
-
-
-def _sums_of_grad(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor):
-    """Per channel ``sum(grad)`` and ``sum(grad * (x - mean))``, both in one pass over the data.
-
-    batch_norm's eval-mode backward with unit variance computes exactly these as its bias and
-    weight gradients; asking for no input gradient leaves just the reduction.
-    """
-    unit_var = torch.ones_like(mean)
-    _, sum_grad_dev, sum_grad = torch.ops.aten.native_batch_norm_backward(
-        grad, x, None, mean, unit_var, None, None, False, 0.0, [False, True, True])
-    return sum_grad, sum_grad_dev
-
-
 def _values_per_channel(x: torch.Tensor) -> int:
     return x.size(0) * x.size(2) * x.size(3)
+
+
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean, in the statistics dtype (float32 for bf16 x)."""
+    sums, _ = channel_sums(x, x, x.new_zeros(x.size(1), dtype=statistics_dtype(x)))
+    return sums / _values_per_channel(x)
+
+
+def _deviation(x: torch.Tensor, mean: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x - mean`` per channel, in x's dtype, rounded once."""
+    return channel_affine(x, mean, torch.ones_like(mean), None, out=out)
+
+
+def _add_scaled(grad: torch.Tensor, values: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``grad += values * coef`` per channel, in place (coef in the statistics dtype).
+
+    Both tensors share x's dtype, so in bf16 the op runs on bf16 data with a bf16 coef: a
+    mixed-dtype addcmul is unvectorised. The rounding of coef only touches this correction term.
+    """
+    return grad.addcmul_(values, _per_channel(coef.to(grad.dtype)))
 
 
 class _L1Scale(torch.autograd.Function):
@@ -89,11 +80,11 @@ class _L1Scale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         n = _values_per_channel(x)
-        mean = x.mean(_CHANNEL_DIMS)
-        buffer = torch.sub(x, _per_channel(mean))
-        mean_abs_dev = buffer.abs_().sum(_CHANNEL_DIMS) / n
-        scale = 1.0 / (_L1_TO_STD * mean_abs_dev + eps)
-        out = _affine(x, mean, scale * weight, bias, out=buffer)
+        mean = _channel_mean(x)
+        buffer = _deviation(x, mean).abs_()
+        sum_abs_dev, _ = channel_sums(buffer, buffer, torch.zeros_like(mean))
+        scale = 1.0 / (_L1_TO_STD * sum_abs_dev / n + eps)
+        out = channel_affine(x, mean, scale * weight, bias, out=buffer)
         ctx.save_for_backward(x, weight, mean, scale)
         ctx.mark_non_differentiable(mean, scale)
         return out, mean, scale
@@ -103,16 +94,16 @@ class _L1Scale(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_mean, _grad_scale):
         x, weight, mean, scale = ctx.saved_tensors
         n = _values_per_channel(x)
-        sum_grad, sum_grad_dev = _sums_of_grad(grad_out, x, mean)
+        sum_grad, sum_grad_dev = channel_sums(grad_out, x, mean)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            sign = torch.sub(x, _per_channel(mean)).sign_()
-            mean_sign = sign.sum(_CHANNEL_DIMS) / n
+            sign = _deviation(x, mean).sign_()
+            mean_sign = channel_sums(sign, sign, torch.zeros_like(mean))[0] / n
             gain = weight * scale
             sign_coef = -_L1_TO_STD * scale * sum_grad_dev / n  # -c * s * mean(g * d)
             # grad_x = gain * (g - mean(g) + sign_coef * (sign - mean_sign))
-            grad_x = _affine(grad_out, sum_grad / n + sign_coef * mean_sign, gain, None)
-            grad_x.addcmul_(sign, _per_channel(gain * sign_coef))
+            grad_x = channel_affine(grad_out, sum_grad / n + sign_coef * mean_sign, gain, None)
+            _add_scaled(grad_x, sign, gain * sign_coef)
         return grad_x, scale * sum_grad_dev, sum_grad, None
 
 
@@ -169,13 +160,14 @@ def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int):
     rows = x.view(batch, channels, -1)
     spatial_size = rows.size(2)
     mean_col = mean[:, None]
-    block_max = rows.amax(0).sub_(mean_col)
-    torch.maximum(block_max, rows.amin(0).neg_().add_(mean_col), out=block_max)
+    # (C, H*W) maxima, small: taken to the statistics dtype, so no rounding mis-ranks blocks.
+    block_max = rows.amax(0).to(mean.dtype).sub_(mean_col)
+    torch.maximum(block_max, rows.amin(0).to(mean.dtype).neg_().add_(mean_col), out=block_max)
     num_blocks = min(k, spatial_size)
     _, block_pos = _top_k_per_row(block_max, num_blocks)  # (C, num_blocks)
     by_channel = rows.permute(1, 0, 2)  # (C, N, H*W) view
     candidates = by_channel.gather(2, block_pos[:, None, :].expand(channels, batch, num_blocks))
-    candidates = candidates.sub_(mean[:, None, None]).abs_().view(channels, -1)
+    candidates = candidates.to(mean.dtype).sub_(mean[:, None, None]).abs_().view(channels, -1)
     top_abs, top_pos = _top_k_per_row(candidates, k)
     sample = top_pos // num_blocks
     spatial = block_pos.gather(1, top_pos % num_blocks)
@@ -196,11 +188,11 @@ class _TopKScale(torch.autograd.Function):
         x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
         n = _values_per_channel(x)
         k = min(k, n)
-        mean = x.mean(_CHANNEL_DIMS)
+        mean = _channel_mean(x)
         top_abs, flat_index = _top_abs_deviations(x, mean, k)
         const = _linf_to_std(n)
         scale = 1.0 / (const * top_abs.mean(1) + eps)
-        out = _affine(x, mean, scale * weight, bias)
+        out = channel_affine(x, mean, scale * weight, bias)
         ctx.save_for_backward(x, weight, mean, scale, flat_index)
         ctx.const, ctx.k = const, k
         ctx.mark_non_differentiable(mean, scale)
@@ -212,16 +204,16 @@ class _TopKScale(torch.autograd.Function):
         x, weight, mean, scale, flat_index = ctx.saved_tensors
         grad_out = grad_out.contiguous()  # grad_x follows its layout and takes flat indices
         n = _values_per_channel(x)
-        sum_grad, sum_grad_dev = _sums_of_grad(grad_out, x, mean)
+        sum_grad, sum_grad_dev = channel_sums(grad_out, x, mean)
         grad_x = None
         if ctx.needs_input_grad[0]:
             sign = (x.take(flat_index) - mean[:, None]).sign_()
             gain = weight * scale
             sign_coef = ctx.const * scale * sum_grad_dev / ctx.k
             shift = (sum_grad - sign_coef * sign.sum(1)) / n
-            grad_x = _affine(grad_out, shift, gain, None)
+            grad_x = channel_affine(grad_out, shift, gain, None)
             grad_x.view(-1).index_add_(0, flat_index.view(-1),
-                                       (-(gain * sign_coef)[:, None] * sign).view(-1))
+                                       (-(gain * sign_coef)[:, None] * sign).view(-1).to(grad_x.dtype))
         return grad_x, scale * sum_grad_dev, sum_grad, None, None
 
 
@@ -230,17 +222,20 @@ class _LpScale(torch.autograd.Function):
 
     With d = x - mu, psi = sign(d) |d|^(p-1), per channel:
     dL/dx = w * s * (g - mean(g) - s^p * mean(g * d) * (psi - mean(psi))).
+    Powers are taken of z = d * r, r = 1 / sqrt(var + eps) (BatchNorm's own normalised
+    output), and scaled back by powers of r: |d|^p of a half-precision input would overflow.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, p, eps):
         n = _values_per_channel(x)
-        mean = x.mean(_CHANNEL_DIMS)
-        buffer = torch.sub(x, _per_channel(mean))
-        moment = buffer.abs_().pow_(p).sum(_CHANNEL_DIMS) / n
+        z, mean, inv_std = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+        mean, inv_std = mean.to(weight.dtype), inv_std.to(weight.dtype)
+        powers = z.abs_().pow_(p)
+        moment = channel_sums(powers, powers, torch.zeros_like(mean))[0] / n / inv_std.pow(p)
         scale = (moment + eps).pow(-1.0 / p)
-        out = _affine(x, mean, scale * weight, bias, out=buffer)
-        ctx.save_for_backward(x, weight, mean, scale)
+        out = channel_affine(x, mean, scale * weight, bias, out=powers)
+        ctx.save_for_backward(x, weight, mean, inv_std, scale)
         ctx.p = p
         ctx.mark_non_differentiable(mean, scale)
         return out, mean, scale
@@ -248,21 +243,21 @@ class _LpScale(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_scale):
-        x, weight, mean, scale = ctx.saved_tensors
+        x, weight, mean, inv_std, scale = ctx.saved_tensors
         p = ctx.p
         n = _values_per_channel(x)
-        sum_grad, sum_grad_dev = _sums_of_grad(grad_out, x, mean)
+        sum_grad, sum_grad_dev = channel_sums(grad_out, x, mean)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            dev = torch.sub(x, _per_channel(mean))
-            magnitude = dev.abs().pow_(p - 1)
-            psi = magnitude.mul_(dev.sign_())
-            mean_psi = psi.sum(_CHANNEL_DIMS) / n
+            z = channel_affine(x, mean, inv_std, None)
+            psi_z = z.abs().pow_(p - 1).mul_(z.sign_())  # psi = psi_z / r^(p-1)
+            mean_psi_z = channel_sums(psi_z, psi_z, torch.zeros_like(mean))[0] / n
             gain = weight * scale
-            psi_coef = -scale.pow(p) * sum_grad_dev / n  # -s^p * mean(g * d)
-            # grad_x = gain * (g - mean(g) + psi_coef * (psi - mean_psi))
-            grad_x = _affine(grad_out, sum_grad / n + psi_coef * mean_psi, gain, None)
-            grad_x.addcmul_(psi, _per_channel(gain * psi_coef))
+            # -s^p * mean(g * d), times 1 / r^(p-1) to apply to psi_z
+            psi_coef = -scale.pow(p) * sum_grad_dev / n / inv_std.pow(p - 1)
+            # grad_x = gain * (g - mean(g) + psi_coef * (psi_z - mean(psi_z)))
+            grad_x = channel_affine(grad_out, sum_grad / n + psi_coef * mean_psi_z, gain, None)
+            _add_scaled(grad_x, psi_z, gain * psi_coef)
         return grad_x, scale * sum_grad_dev, sum_grad, None, None
 
 
@@ -275,18 +270,19 @@ class _MeanShift(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, bias):
-        mean = x.mean(_CHANNEL_DIMS)
+        mean = _channel_mean(x)
         ctx.num_values = _values_per_channel(x)
         ctx.mark_non_differentiable(mean)
-        return _affine(x, mean, torch.ones_like(mean), bias), mean
+        return channel_affine(x, mean, torch.ones_like(mean), bias), mean
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean):
-        sum_grad = grad_out.sum(_CHANNEL_DIMS)
+        sum_grad, _ = channel_sums(grad_out, grad_out, grad_out.new_zeros(
+            grad_out.size(1), dtype=statistics_dtype(grad_out)))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = _affine(grad_out, sum_grad / ctx.num_values, torch.ones_like(sum_grad), None)
+            grad_x = channel_affine(grad_out, sum_grad / ctx.num_values, torch.ones_like(sum_grad), None)
         return grad_x, sum_grad
 
 
@@ -328,11 +324,13 @@ class _ScaledBatchNorm2d(nn.Module):
     @fp32_statistics
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.num_features, self.training)
-        # Parameters (and buffers) may be bf16 after a user's model.to(); compute in x's dtype.
-        weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
-        if not self.training:
-            running_mean = self.running_mean.to(x.dtype)
-            return _affine(x, running_mean, self.running_scale.to(x.dtype) * weight, bias)
+        # Parameters and buffers in the statistics dtype (they may be bf16 after a user's
+        # model.to()); x stays as it is and the output takes its dtype.
+        dtype = statistics_dtype(x)
+        weight, bias = self.weight.to(dtype), self.bias.to(dtype)
+        if not self.training:  # a per-channel affine, BatchNorm2d's eval kernel
+            return channel_affine(x, self.running_mean.to(dtype),
+                                  self.running_scale.to(dtype) * weight, bias)
         out, mean, scale = self._batch_normalize(x, weight, bias)
         with torch.no_grad():
             for running, batch in ((self.running_mean, mean), (self.running_scale, scale)):
@@ -433,9 +431,11 @@ class MeanBatchNorm2d(nn.Module):
     @fp32_statistics
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.num_features, self.training)
-        bias = self.bias.to(x.dtype)
+        dtype = statistics_dtype(x)
+        bias = self.bias.to(dtype)
         if not self.training:
-            return x - _per_channel(self.running_mean.to(x.dtype) - bias)
+            running_mean = self.running_mean.to(dtype)
+            return channel_affine(x, running_mean, torch.ones_like(running_mean), bias)
         out, mean = _MeanShift.apply(x, bias)
         with torch.no_grad():
             self.running_mean.mul_(1 - self.momentum).add_(
