@@ -48,7 +48,9 @@ def parse_args(argv, dataset: str):
     p.add_argument("-b", "--batch-size", type=int, default=256 if dataset == "cifar" else 64)
     p.add_argument("--limit", type=_positive, help="evaluate only the first N images")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format (default: the norm's measured preference, "
+                        "zoo.prefers_channels_last)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--img-size", type=int, help="override the weights' crop size")
     p.add_argument("--resize", type=int, help="override the weights' resize")
@@ -153,7 +155,8 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
                          f"classes but the data in {args.data} has {num_classes}")
     bar = _bar(total, name, args)
     result = evaluate(model, batches, device=args.device, amp=args.amp,
-                      channels_last=args.channels_last, progress=bar.update)
+                      channels_last=(zoo.prefers_channels_last(model) if args.channels_last is None
+                                     else args.channels_last), progress=bar.update)
     bar.close()
     if result.unreadable:
         paths = [str(data.samples[i][0]) for i in result.unreadable]

@@ -492,6 +492,11 @@ def test_refusals_exit_2_with_one_error_line(data_root, tmp_path, capsys, monkey
     other_model = tiny_args("resnet20_bn", data_root, out, "--limit-train", 128, "--resume")
     assert train.loop.main(other_model) == 2
     assert "is a run of resnet20_gn" in error_line(capsys)
+    # the run recorded its norm's memory format (GroupNorm: contiguous) and resumes only in it
+    assert json.loads((out / "recipe.json").read_text())["channels_last"] is zoo.get_norm("gn").channels_last
+    other_format = "--no-channels-last" if zoo.get_norm("gn").channels_last else "--channels-last"
+    assert train.loop.main(base + ["--resume", other_format]) == 2
+    assert "resume it with the same memory format" in error_line(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
 
     unknown = ["--model", "resnet20_gn", "--recipe", "nope", "--data", str(data_root / "cifar10"),

@@ -56,7 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, help="override the recipe")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="override the recipe's autocast (bf16 on CPU, fp16 on CUDA)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="memory format (default: the norm's measured preference, "
+                        "zoo.prefers_channels_last; a resumed run keeps its own)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on GPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -130,6 +132,7 @@ class Run:
         if self.recipe.batch_size % world:
             raise ValueError(f"batch size {self.recipe.batch_size} does not split between {world} "
                              f"processes")
+        args.channels_last = self._memory_format()
         self._data()
         torch.manual_seed(args.seed)
         random.seed(args.seed)
@@ -154,6 +157,23 @@ class Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=r.amp and self.device.type == "cuda")
         self.epoch, self.step = 0, 0  # next epoch to run, and next step inside it
         self.stop_requested = False
+
+    def _memory_format(self) -> bool:
+        """channels_last or not: the flag, else the run's recorded format on --resume, else the
+        norm's measured preference."""
+        args = self.args
+        recorded = None
+        if args.resume and (self.out / "recipe.json").is_file():
+            recorded = json.loads((self.out / "recipe.json").read_text()).get("channels_last")
+        if recorded is not None and args.channels_last not in (None, recorded):
+            raise ValueError(f"{self.out} was trained with{'' if recorded else 'out'} "
+                             f"--channels-last; resume it with the same memory format (drop "
+                             f"the flag) or use a new --out")
+        if args.channels_last is not None:
+            return args.channels_last
+        if recorded is not None:
+            return recorded
+        return zoo.get_norm(zoo.parse_model_name(args.model)[1]).channels_last
 
     def _build_model(self) -> torch.nn.Module:
         """A fresh model, or (fine-tuning) the given weights with a new head when the class
@@ -272,7 +292,8 @@ class Run:
                 self.model.get_submodule(name).train()
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = seen = 0
-        start = time.perf_counter()
+        start = tick = time.perf_counter()
+        self.step_seconds = []  # per step, data included: eval/benchmark.py's train suite
         bar = tqdm(total=self.steps_per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}",
                    leave=False, disable=_rank() != 0 or not sys.stderr.isatty())
         for x, y in self.epoch_batches(self.epoch, self.step):
@@ -293,6 +314,8 @@ class Run:
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.update(1)
+            self.step_seconds.append(time.perf_counter() - tick)
+            tick = time.perf_counter()
             if self.stop_requested:
                 break
         bar.close()
@@ -327,7 +350,8 @@ class Run:
             record = {"recipe": dataclasses.asdict(self.recipe), "adjustments": self.adjustments,
                       "model": self.args.model,
                       "command": command_line(getattr(self.args, "argv", None)),
-                      "commit": git_commit(), "seed": self.args.seed}
+                      "commit": git_commit(), "seed": self.args.seed,
+                      "channels_last": self.args.channels_last}
             if self.args.resume and (self.out / "recipe.json").is_file():
                 # The run's command stays the one that started it (a --resume command does not
                 # reproduce a run from scratch); the resumes are listed beside it.

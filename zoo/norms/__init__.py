@@ -20,7 +20,8 @@ from .mimic import init_mimic
 from .norm_matters import (L1BatchNorm2d, LpBatchNorm2d, MeanBatchNorm2d, TopKBatchNorm2d,
                            apply_bounded_weight_norm)
 
-__all__ = ["NormSpec", "register_norm", "get_norm", "list_norms", "create_norm", "replace_norms"]
+__all__ = ["NormSpec", "register_norm", "get_norm", "list_norms", "create_norm", "replace_norms",
+           "prefers_channels_last"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,12 @@ class NormSpec:
     init_model: Optional[Callable[[nn.Module, str, str], None]] = None
     # Applied to every conv after init (bounded weight norm reparametrises the weights).
     conv_transform: Optional[Callable[[nn.Conv2d], None]] = None
+    # The memory format its models train and evaluate fastest in on CPU: channels_last helps
+    # convs and BatchNorm, but GroupNorm-style kernels run several times slower on it.
+    # Measured per method by eval/benchmark.py's train suite (eval/results/memory-format/):
+    # GroupNorm-style kernels (gn, ilm; in, ln and ilm_in/ilm_ln follow them) and the L1 /
+    # top-k layers train faster contiguous.
+    channels_last: bool = True
 
     def structural_parts(self) -> list[str]:
         """The hooks that make this norm more than a per-slot layer (empty for ordinary norms)."""
@@ -110,6 +117,13 @@ def get_norm(name: str) -> NormSpec:
         raise ValueError(
             f"unknown norm {name!r}.{hint} Registered norms: {', '.join(_NORMS)}"
         ) from None
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether a zoo model runs fastest in channels_last (its norm's measured preference);
+    other models: True, as for convs and BatchNorm."""
+    norm = (getattr(model, "config", None) or {}).get("norm")
+    return get_norm(norm).channels_last if norm in _NORMS else True
 
 
 def _check_per_layer(spec: NormSpec, what: str) -> None:
@@ -189,6 +203,7 @@ register_norm(NormSpec(
     make=_group_norm,
     kwargs={"max_groups": 32, "min_group_channels": 2, "eps": 1e-5},
     paper="Wu & He, ECCV 2018, arXiv:1803.08494",
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="in",
@@ -197,6 +212,7 @@ register_norm(NormSpec(
     make=lambda c, eps: nn.InstanceNorm2d(c, eps=eps, affine=True),
     kwargs={"eps": 1e-5},
     paper="Ulyanov, Vedaldi & Lempitsky, arXiv:1607.08022",
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="ln",
@@ -205,6 +221,7 @@ register_norm(NormSpec(
     make=lambda c, eps: nn.GroupNorm(1, c, eps=eps),
     kwargs={"eps": 1e-5},
     paper="Ba, Kiros & Hinton, arXiv:1607.06450",
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="none",
@@ -223,6 +240,7 @@ register_norm(NormSpec(
     make=lambda c, **kw: ILMNorm(c, "gn", **kw),
     kwargs={"max_groups": 32, "min_group_channels": 2, **_ILM_KWARGS},
     paper=_ILM_PAPER,
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="ilm_in",
@@ -231,6 +249,7 @@ register_norm(NormSpec(
     make=lambda c, **kw: ILMNorm(c, "in", **kw),
     kwargs=dict(_ILM_KWARGS),
     paper=_ILM_PAPER,
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="ilm_ln",
@@ -239,6 +258,7 @@ register_norm(NormSpec(
     make=lambda c, **kw: ILMNorm(c, "ln", **kw),
     kwargs=dict(_ILM_KWARGS),
     paper=_ILM_PAPER,
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="mimic",
@@ -262,6 +282,7 @@ register_norm(NormSpec(
     make=lambda c, **kw: L1BatchNorm2d(c, **kw),
     kwargs=dict(_BN_KWARGS),
     paper=_NM_PAPER,
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="linfbn",
@@ -270,6 +291,7 @@ register_norm(NormSpec(
     make=lambda c, **kw: TopKBatchNorm2d(c, k=1, **kw),
     kwargs=dict(_BN_KWARGS),
     paper=_NM_PAPER,
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="topkbn",
@@ -278,6 +300,7 @@ register_norm(NormSpec(
     make=lambda c, **kw: TopKBatchNorm2d(c, **kw),
     kwargs={"k": 10, **_BN_KWARGS},
     paper=_NM_PAPER,
+    channels_last=False,
 ))
 register_norm(NormSpec(
     name="lpbn",
