@@ -329,12 +329,11 @@ def train_worker(spec: dict) -> dict:
         argv = ["--model", spec["model"], "--data", spec["data"], "--out", out, "--epochs", "1",
                 "--batch-size", str(spec["batch"]), "--device", spec["device"],
                 # the recipe holds 5,000 images out for validation; the rest make the steps
-                "--limit-train", str(5000 + spec["batch"] * steps)]
-        if spec["channels_last"] is not None:
-            argv.append("--channels-last" if spec["channels_last"] else "--no-channels-last")
+                "--limit-train", str(5000 + spec["batch"] * steps),
+                "--channels-last" if spec["channels_last"] else "--no-channels-last"]
         run = Run(parse_args(argv))
         run.train_epoch()
-    return {"seconds": run.step_seconds[spec["warmup"]:], "channels_last": run.args.channels_last}
+    return {"seconds": run.step_seconds[spec["warmup"]:]}
 
 
 class PilCifar(torch.utils.data.Dataset):

@@ -25,7 +25,8 @@ SHAPES = [(16, 32, 8, 8), (4, 64, 14, 14)]
 
 
 def _relative_rms(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.detach().double() - want).norm() / want.norm())
+    got, want = got.detach().double(), want.detach()
+    return float((got - want).norm() / want.norm())
 
 
 def _perturbed(layer: nn.Module) -> nn.Module:

@@ -18,10 +18,8 @@ reduction, which keeps their cost close to ``nn.BatchNorm2d``'s.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
@@ -50,15 +48,19 @@ def _values_per_channel(x: torch.Tensor) -> int:
     return x.size(0) * x.size(2) * x.size(3)
 
 
+def _channel_sum(values: torch.Tensor) -> torch.Tensor:
+    """Per-channel sum, in the statistics dtype (float32 for bf16 values)."""
+    zero = values.new_zeros(values.size(1), dtype=statistics_dtype(values))
+    return channel_sums(values, values, zero)[0]
+
+
 def _channel_mean(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel mean, in the statistics dtype (float32 for bf16 x)."""
-    sums, _ = channel_sums(x, x, x.new_zeros(x.size(1), dtype=statistics_dtype(x)))
-    return sums / _values_per_channel(x)
+    return _channel_sum(x) / _values_per_channel(x)
 
 
-def _deviation(x: torch.Tensor, mean: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _deviation(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """``x - mean`` per channel, in x's dtype, rounded once."""
-    return channel_affine(x, mean, torch.ones_like(mean), None, out=out)
+    return channel_affine(x, mean, torch.ones_like(mean), None)
 
 
 def _add_scaled(grad: torch.Tensor, values: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
@@ -82,8 +84,7 @@ class _L1Scale(torch.autograd.Function):
         n = _values_per_channel(x)
         mean = _channel_mean(x)
         buffer = _deviation(x, mean).abs_()
-        sum_abs_dev, _ = channel_sums(buffer, buffer, torch.zeros_like(mean))
-        scale = 1.0 / (_L1_TO_STD * sum_abs_dev / n + eps)
+        scale = 1.0 / (_L1_TO_STD * _channel_sum(buffer) / n + eps)
         out = channel_affine(x, mean, scale * weight, bias, out=buffer)
         ctx.save_for_backward(x, weight, mean, scale)
         ctx.mark_non_differentiable(mean, scale)
@@ -98,7 +99,7 @@ class _L1Scale(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             sign = _deviation(x, mean).sign_()
-            mean_sign = channel_sums(sign, sign, torch.zeros_like(mean))[0] / n
+            mean_sign = _channel_sum(sign) / n
             gain = weight * scale
             sign_coef = -_L1_TO_STD * scale * sum_grad_dev / n  # -c * s * mean(g * d)
             # grad_x = gain * (g - mean(g) + sign_coef * (sign - mean_sign))
@@ -232,7 +233,7 @@ class _LpScale(torch.autograd.Function):
         z, mean, inv_std = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
         mean, inv_std = mean.to(weight.dtype), inv_std.to(weight.dtype)
         powers = z.abs_().pow_(p)
-        moment = channel_sums(powers, powers, torch.zeros_like(mean))[0] / n / inv_std.pow(p)
+        moment = _channel_sum(powers) / n / inv_std.pow(p)
         scale = (moment + eps).pow(-1.0 / p)
         out = channel_affine(x, mean, scale * weight, bias, out=powers)
         ctx.save_for_backward(x, weight, mean, inv_std, scale)
@@ -251,7 +252,7 @@ class _LpScale(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             z = channel_affine(x, mean, inv_std, None)
             psi_z = z.abs().pow_(p - 1).mul_(z.sign_())  # psi = psi_z / r^(p-1)
-            mean_psi_z = channel_sums(psi_z, psi_z, torch.zeros_like(mean))[0] / n
+            mean_psi_z = _channel_sum(psi_z) / n
             gain = weight * scale
             # -s^p * mean(g * d), times 1 / r^(p-1) to apply to psi_z
             psi_coef = -scale.pow(p) * sum_grad_dev / n / inv_std.pow(p - 1)
@@ -278,8 +279,7 @@ class _MeanShift(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean):
-        sum_grad, _ = channel_sums(grad_out, grad_out, grad_out.new_zeros(
-            grad_out.size(1), dtype=statistics_dtype(grad_out)))
+        sum_grad = _channel_sum(grad_out)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = channel_affine(grad_out, sum_grad / ctx.num_values, torch.ones_like(sum_grad), None)
