@@ -26,7 +26,23 @@ def test_the_logits_bn_is_the_only_norm(name):
     bn = model.logits_norm
     assert isinstance(bn, nn.BatchNorm1d) and bn.num_features == 12 and not bn.affine
     assert (bn.momentum, bn.eps, bn.track_running_stats) == (0.1, 1e-5, True)
+    # Every conv has a bias but the CIFAR bottlenecks' shortcut convs (next test).
     assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name, num_shortcuts, shortcut_bias", [
+    ("cifar_resnet50_mimic", 4, False), ("cifar_resnet18_mimic", 3, True),
+    ("resnet50_mimic", 4, True)])
+def test_shortcut_conv_biases_follow_the_authors_blocks(name, num_shortcuts, shortcut_bias):
+    """The authors' CIFAR bottleneck builds its projection shortcut with bias=False; their CIFAR
+    basic block and the ImageNet blocks keep it. Every other conv has a bias."""
+    params = dict(zoo.create_model(name).named_parameters())
+    shortcuts = [k for k in params if ".downsample.0.weight" in k]
+    assert len(shortcuts) == num_shortcuts
+    assert all((k.replace("weight", "bias") in params) == shortcut_bias for k in shortcuts)
+    other_convs = [k[:-len(".weight")] for k, p in params.items()
+                   if k.endswith(".weight") and p.dim() == 4 and k not in shortcuts]
+    assert other_convs and all(f"{c}.bias" in params for c in other_convs)
 
 
 @pytest.mark.parametrize("name, power, shortcut", [

@@ -336,3 +336,104 @@ def test_bounded_weight_norm_state_dict_round_trip():
     fresh.eval()
     x = torch.randn(2, 3, 6, 6)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_bounded_weight_norm_trains_with_the_authors_dynamics():
+    """Three SGD steps against the authors' layer written out here: renormalise v in place,
+    then w = rho * v / ||v|| with autograd through the norm. Without the renormalisation
+    each step is scaled by 1 / ||v||^2 (here ||v|| starts near 3), which this would catch."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.mul_(5)
+    v_ref = conv.weight.detach().clone()
+    bias_ref = conv.bias.detach().clone()
+    rho = v_ref.flatten(1).norm(dim=1).mean()
+    apply_bounded_weight_norm(conv)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    target = torch.randn(3, 6, 5, 5, dtype=torch.float64)
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.1)
+    for _ in range(3):
+        v_ref = (v_ref / v_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).requires_grad_()
+        bias_ref.requires_grad_()
+        w = rho * v_ref / v_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        loss_ref = (torch.nn.functional.conv2d(x, w, bias_ref, padding=1) - target).pow(2).mean()
+        grad_v, grad_bias = torch.autograd.grad(loss_ref, (v_ref, bias_ref))
+        v_ref, bias_ref = (v_ref - 0.1 * grad_v).detach(), (bias_ref - 0.1 * grad_bias).detach()
+
+        optimizer.zero_grad()
+        loss = (conv(x) - target).pow(2).mean()
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
+        loss.backward()
+        optimizer.step()
+    v = conv.parametrizations.weight.original
+    torch.testing.assert_close(v.detach(), v_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(conv.bias.detach(), bias_ref, rtol=1e-10, atol=1e-12)
+    conv.eval()  # eval mode leaves v as it is and computes the same outputs
+    before, out = v.detach().clone(), conv(x)
+    assert torch.equal(v.detach(), before)
+    w_ref = rho * v_ref / v_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, w_ref, bias_ref, padding=1),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_bounded_weight_norm_on_a_float64_model_matches_its_float32_twin():
+    import copy
+
+    import zoo
+
+    torch.manual_seed(0)
+    base = zoo.create_model("resnet20_bn")
+    twins = {dtype: zoo.replace_norms(copy.deepcopy(base).to(dtype), "bwn")
+             for dtype in (torch.float32, torch.float64)}
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    outputs = {}
+    for dtype, model in twins.items():
+        rho = model.conv1.parametrizations.weight[0].rho
+        assert rho.dtype == dtype and model.conv1.weight.dtype == dtype
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(2):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x.to(dtype)), y).backward()
+            optimizer.step()
+        outputs[dtype] = model.eval()(x.to(dtype))
+    torch.testing.assert_close(outputs[torch.float32], outputs[torch.float64].float(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_published_bwn_checkpoint_computes_what_it_computed(data_root):
+    """resnet20_bwn.cifar10 was trained with ||v|| free. Its weights are rho * v / ||v||, which
+    a plain twin (mean-only BN, unparametrised convs) takes from the file by the formula; the
+    parametrised model must match it, also after a training-mode forward renormalised v."""
+    import zoo
+    from zoo.data import load_cifar
+
+    weights = zoo.get_weight("resnet20_bwn.cifar10")
+    assert "earlier form" in weights.meta["notes"]
+    model = zoo.create_model("resnet20_bwn", weights=weights).eval()
+    state = weights.get_state_dict()
+    plain_state = {}
+    for key, value in state.items():
+        if key.endswith(".parametrizations.weight.original"):
+            prefix = key[:-len(".parametrizations.weight.original")]
+            rho = state[f"{prefix}.parametrizations.weight.0.rho"]
+            norms = value.double().flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            plain_state[f"{prefix}.weight"] = (rho.double() * value.double() / norms).float()
+        elif ".parametrizations." not in key:
+            plain_state[key] = value
+    plain = zoo.create_model("resnet20_meanbn")
+    plain.load_state_dict(plain_state)
+    plain.eval()
+
+    images = load_cifar(data_root / "cifar10", "test").images[:64]
+    x = weights.transforms()(images)
+    with torch.no_grad():
+        expected = plain(x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+        model.train()(x)  # renormalises every v in place; running means move
+    v = model.conv1.parametrizations.weight.original
+    torch.testing.assert_close(v.flatten(1).norm(dim=1), torch.ones(v.shape[0]))
+    running = {k: t for k, t in state.items() if k.endswith("running_mean")}
+    assert running and model.load_state_dict(running, strict=False).unexpected_keys == []
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), expected, rtol=1e-5, atol=1e-5)

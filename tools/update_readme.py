@@ -64,7 +64,9 @@ def weights_section() -> str:
             f"{', shipped' if e['shipped'] else ''} | `{r['command']}` at {r['commit'][:10]} |")
     if len(lines) == 2:
         return "No weights are published yet."
-    return "\n".join(lines)
+    notes = [f"- `{e['name']}`: {e['notes']}" for e in load_manifest(zoo.weights.MANIFEST_PATH)["weights"]
+             if e["notes"]]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def performance_section() -> str:

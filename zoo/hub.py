@@ -95,6 +95,7 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
         "license": LICENSE,
         "paper": get_norm(meta["norm"]).paper,
         "default": False,
+        "notes": (previous or {}).get("notes") if republished else None,
     }
 
 
@@ -204,6 +205,7 @@ def model_card(w: Weights) -> str:
 
     e, m = w.entry, w.entry["metrics"]
     p = e["preprocessing"]
+    notes = f"## Notes\n\n{e['notes']}\n\n" if e["notes"] else ""
     return f"""---
 library_name: pytorch
 license: {e['license']}
@@ -246,7 +248,7 @@ Parameters: {e['num_params']:,}; GMACs per image at {p['input_size'][1]}x{p['inp
 Preprocessing: resize {p['resize'] or 'none'}, center crop {p['crop']}, {p['interpolation']},
 mean {p['mean']}, std {p['std']}.
 
-## Recipe
+{notes}## Recipe
 
 ```sh
 {e['recipe']['command']}

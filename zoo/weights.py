@@ -69,6 +69,7 @@ ENTRY_KEYS = (
     "license",
     "paper",
     "default",       # the model's weights="DEFAULT"
+    "notes",         # null, or what a user must know, e.g. trained with an earlier form of a layer
 )
 PREPROCESSING_KEYS = ("input_size", "resize", "crop", "interpolation", "mean", "std")
 METRICS_KEYS = ("top1", "top5", "split", "num_images")
@@ -176,6 +177,8 @@ def _entry_problems(entry: dict) -> list[str]:
             problems.append(f"{field} must be a positive integer")
     if not isinstance(entry["default"], bool):
         problems.append("default must be true or false")
+    if entry["notes"] is not None and not (isinstance(entry["notes"], str) and entry["notes"].strip()):
+        problems.append("notes must be null or a non-empty string")
     if entry["mirror_url"] is not None and not str(entry["mirror_url"]).startswith(("https://", "http://")):
         problems.append("mirror_url must be null or an http(s) URL")
     return problems

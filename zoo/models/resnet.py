@@ -210,7 +210,9 @@ class ResNet(nn.Module):
                 if shortcut == "pad":
                     downsample = PadShortcut(self.inplanes, out_planes, stride)
                 else:
-                    conv = _conv(self.inplanes, out_planes, 1, stride, norm.conv_bias)
+                    bias = (norm.shortcut_conv_bias(variant, block.expansion)
+                            if norm.shortcut_conv_bias else norm.conv_bias)
+                    conv = _conv(self.inplanes, out_planes, 1, stride, bias)
                     slot = norm.layer(out_planes)
                     downsample = nn.Sequential(conv) if slot is None else nn.Sequential(conv, slot)
                     shortcut_scale = norm.shortcut_scale(variant) if norm.shortcut_scale else None

@@ -47,6 +47,9 @@ class NormSpec:
     # Learnable scale on a projection (conv) shortcut: variant ("imagenet"/"cifar") -> initial
     # value, or None for no scale.
     shortcut_scale: Optional[Callable[[str], Optional[float]]] = None
+    # Whether a projection shortcut's conv has a bias: (variant, block expansion) -> bool.
+    # None: as conv_bias.
+    shortcut_conv_bias: Optional[Callable[[str, int], bool]] = None
     # A norm applied to the logits, built for num_classes.
     logits_norm: Optional[Callable[[int], nn.Module]] = None
     # Runs once the architecture has built and initialised itself, to re-initialise or
@@ -63,7 +66,8 @@ class NormSpec:
 
     def structural_parts(self) -> list[str]:
         """The hooks that make this norm more than a per-slot layer (empty for ordinary norms)."""
-        return [f for f in ("residual_scale", "shortcut_scale", "logits_norm", "init_model")
+        return [f for f in ("residual_scale", "shortcut_scale", "shortcut_conv_bias", "logits_norm",
+                            "init_model")
                 if getattr(self, f) is not None]
 
     def transform_convs(self, model: nn.Module) -> None:
@@ -269,6 +273,9 @@ register_norm(NormSpec(
     conv_bias=True,
     residual_scale=lambda k, expansion: 1.2 ** (2 if expansion == 1 else 3) / k,
     shortcut_scale=lambda variant: 1.2 if variant == "imagenet" else None,
+    # The authors' CIFAR bottleneck builds its shortcut conv with bias=False; their CIFAR basic
+    # block and ImageNet blocks keep a bias there, like every other conv.
+    shortcut_conv_bias=lambda variant, expansion: variant == "imagenet" or expansion == 1,
     logits_norm=lambda num_classes: nn.BatchNorm1d(num_classes, affine=False),
     init_model=init_mimic,
 ))

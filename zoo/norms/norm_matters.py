@@ -454,34 +454,53 @@ class BoundedWeightNorm(nn.Module):
     per-layer scalar, a buffer, so a saved state_dict reloads to the same weights. With a
     normalization after the layer the weight's norm no longer matters, and fixing it makes
     weight decay unnecessary (the paper's point).
+
+    In training mode every forward first renormalises the direction in place, under
+    ``no_grad``: ``v_c <- v_c / ||v_c||``, as the authors' layer does (convNet.pytorch
+    ``models/modules/bwn.py``, which the paper's networks use). Then ``||v|| = 1`` at every
+    step and the gradient reaching v is ``rho * (g - (v . g) v)``; without the renormalisation
+    ``||v||`` drifts and every step is scaled by ``1 / ||v||^2`` (their ``bwn_alt.py``).
+    Eval mode leaves v alone: ``w`` does not depend on v's scale, so outputs are the same and
+    export and ``torch.compile`` see no parameter update.
     """
 
     def __init__(self, rho: float | torch.Tensor):
         super().__init__()
-        self.register_buffer("rho", torch.as_tensor(rho, dtype=torch.float32).detach().clone())
+        rho = torch.as_tensor(rho).detach().clone()
+        self.register_buffer("rho", rho if rho.is_floating_point() else rho.float())
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(1, weight.dim()))
-        norm_dtype = torch.promote_types(weight.dtype, torch.float32)
-        norms = torch.linalg.vector_norm(weight, dim=dims, keepdim=True, dtype=norm_dtype)
-        # An all-zero channel stays zero rather than turning into NaN.
-        norms = norms.clamp_min(torch.finfo(norm_dtype).tiny)
-        return weight * (self.rho / norms).to(weight.dtype)
+        if self.training:
+            with torch.no_grad():
+                weight.div_(_channel_norms(weight).to(weight.dtype))
+        return weight * (self.rho / _channel_norms(weight)).to(weight.dtype)
 
     def extra_repr(self) -> str:
         return "rho=?" if self.rho.is_meta else f"rho={self.rho.item():.4g}"
 
 
+def _channel_norms(weight: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel L2 norms, shaped to broadcast over ``weight``, in at least float32.
+
+    Clamped away from 0, so an all-zero channel stays zero rather than turning into NaN.
+    """
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    norms = torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True,
+                                     dtype=dtype)
+    return norms.clamp_min(torch.finfo(dtype).tiny)
+
+
 def apply_bounded_weight_norm(module: nn.Module) -> nn.Module:
     """Parametrize every ``nn.Conv2d`` weight in ``module`` with :class:`BoundedWeightNorm`.
 
-    Each conv's rho is the mean per-output-channel L2 norm of its current weight, so the
-    weights keep their directions and, on average, their size. Returns ``module``.
+    Each conv's rho is the mean per-output-channel L2 norm of its current weight (in the
+    weight's dtype, float32 at least), so the weights keep their directions and, on average,
+    their size. Returns ``module``.
     """
     for conv in [m for m in module.modules() if isinstance(m, nn.Conv2d)]:
         if parametrize.is_parametrized(conv, "weight"):
             raise ValueError(f"{conv} already has a weight parametrization")
         with torch.no_grad():  # a tensor, not a float: models may be built on the meta device
-            norms = torch.linalg.vector_norm(conv.weight.flatten(1), dim=1, dtype=torch.float32)
-        parametrize.register_parametrization(conv, "weight", BoundedWeightNorm(norms.mean()))
+            rho = _channel_norms(conv.weight).mean()
+        parametrize.register_parametrization(conv, "weight", BoundedWeightNorm(rho))
     return module
