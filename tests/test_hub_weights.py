@@ -154,8 +154,9 @@ def _dead_endpoint() -> str:
     return url
 
 
-def _files_under(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() or p.is_symlink()]
+def _files_under(root: Path, locks: bool = True) -> list[Path]:
+    return [p for p in root.rglob("*") if (p.is_file() or p.is_symlink())
+            and (locks or p.suffix != ".lock")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,8 +268,9 @@ def test_mirror_download_cache_and_tampered_mirror(tmp_path, monkeypatch, artifa
     assert _gets(hub, "/mirror/t.safetensors") == 2
     assert _gets(hub, "/mirror/x.safetensors") == 1
     assert not any("/resolve/" in p for _, p in hub.requests)  # unpublished: the Hub is skipped
-    assert _files_under(bad_cache / "weights") == []  # no partial file, no temp file
-    cached = _files_under(good_cache / "weights")
+    # no partial file, no temp file; each cache file's lock stays (other processes share it)
+    assert _files_under(bad_cache / "weights", locks=False) == []
+    cached = _files_under(good_cache / "weights", locks=False)
     assert [p.name for p in cached] == [f"{NAME}-{artifacts['sha256'][:16]}.safetensors"]
     assert cached[0].read_bytes() == artifacts["bytes"]
 

@@ -61,12 +61,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-def _read_pickle(path: Path) -> dict:
+def _read_pickle(path: Path, keys: tuple[str, ...]) -> dict:
+    """A CIFAR pickle: a dict that holds at least ``keys``."""
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f, encoding="latin1").load()
+            content = _RestrictedUnpickler(f, encoding="latin1").load()
         except (pickle.UnpicklingError, EOFError, ValueError) as e:
             raise ValueError(f"{path}: not a readable CIFAR pickle ({e})") from None
+    expected = f"a dict with {', '.join(map(repr, keys))}"
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: not a CIFAR file: it holds a {type(content).__name__}, not "
+                         f"{expected}; extract the dataset archive again")
+    missing = [k for k in keys if k not in content]
+    if missing:
+        raise ValueError(f"{path}: not a CIFAR file: {', '.join(map(repr, missing))} missing "
+                         f"(expected {expected}); extract the dataset archive again")
+    return content
 
 
 class CifarSplit(NamedTuple):
@@ -90,28 +100,30 @@ def load_cifar(root: Union[str, Path], split: str = "test") -> CifarSplit:
             break
     if (root / "batches.meta").is_file():  # CIFAR-10
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        label_key, classes = "labels", _read_pickle(root / "batches.meta")["label_names"]
+        meta, names_key, label_key = root / "batches.meta", "label_names", "labels"
     elif (root / "meta").is_file():  # CIFAR-100
         names = [split]
-        label_key, classes = "fine_labels", _read_pickle(root / "meta")["fine_label_names"]
+        meta, names_key, label_key = root / "meta", "fine_label_names", "fine_labels"
     else:
         raise FileNotFoundError(
             f"{root} holds no CIFAR data: expected the python layout (cifar-10-batches-py/ or "
             f"cifar-100-python/ as extracted from https://www.cs.toronto.edu/~kriz/cifar.html)"
         )
+    classes = _read_pickle(meta, (names_key,))[names_key]
     images, labels = [], []
     for name in names:
         path = root / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing from the CIFAR folder {root}")
-        batch = _read_pickle(path)
-        data = np.asarray(batch["data"])
+        batch = _read_pickle(path, ("data", label_key))
+        data, batch_labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or \
-                len(batch[label_key]) != len(data):
-            raise ValueError(f"{path}: expected uint8 data of shape (N, 3072) and N labels, got "
-                             f"{data.dtype} {data.shape} and {len(batch[label_key])} labels")
+                batch_labels.dtype.kind not in "iu" or batch_labels.shape != data.shape[:1]:
+            raise ValueError(f"{path}: expected uint8 data of shape (N, 3072) and N integer "
+                             f"labels, got {data.dtype} {data.shape} and {batch_labels.dtype} "
+                             f"labels of shape {batch_labels.shape}")
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-        labels.append(torch.as_tensor(batch[label_key], dtype=torch.int64))
+        labels.append(torch.from_numpy(batch_labels.astype(np.int64)))
     labels = torch.cat(labels)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ValueError(f"{root}: labels outside 0..{len(classes) - 1}")

@@ -7,7 +7,8 @@ this module), named ``{model}.{tag}``: ``resnet20_ilm.cifar10``. A file is found
 2. the copy shipped inside this package (small CIFAR checkpoints), so clones work offline;
 3. the Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE`` is honoured);
 4. ``hf_hub_download`` at the entry's pinned commit (``HF_ENDPOINT`` is honoured);
-5. the entry's mirror URL, streamed with ``requests`` into NormZoo's cache.
+5. the entry's mirror URL, streamed with ``requests`` into NormZoo's cache (at most
+   ``size_bytes``; one process at a time per file, under a lock file beside it).
 
 A file from 2-5 is used only if its sha256 equals the manifest's. Files are safetensors:
 nothing on the load path unpickles.
@@ -25,11 +26,11 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
-import tempfile
 import warnings
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
@@ -79,6 +80,10 @@ RECIPE_KEYS = ("command", "commit", "name", "epochs", "val_top1", "img_per_s", "
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The Hub's rule for "owner/name": letters, digits, '-', '_' and '.', neither starting nor
+# ending with '-' or '.', no '--' or '..', a name of at most 96 characters.
+_HUB_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"
+_HUB_REPO_ID = re.compile(rf"(?!.*(?:--|\.\.)){_HUB_NAME}/{_HUB_NAME}")
 
 
 class WeightsError(RuntimeError):
@@ -181,7 +186,25 @@ def _entry_problems(entry: dict) -> list[str]:
         problems.append("notes must be null or a non-empty string")
     if entry["mirror_url"] is not None and not str(entry["mirror_url"]).startswith(("https://", "http://")):
         problems.append("mirror_url must be null or an http(s) URL")
+    if not (isinstance(entry["hub_repo_id"], str) and _HUB_REPO_ID.fullmatch(entry["hub_repo_id"])):
+        problems.append(f"hub_repo_id must be 'owner/name' of letters, digits, '-', '_' and '.' "
+                        f"(no '--' or '..', not starting or ending with '-' or '.'), not "
+                        f"{entry['hub_repo_id']!r}")
+    if not _relative_inside(entry["filename"]):
+        problems.append(f"filename must be a file's path in the Hub repo such as "
+                        f"{HUB_FILENAME!r} ('/'-separated, no '..', '.', leading '/', drive or "
+                        f"backslash), not {entry['filename']!r}")
+    if entry["shipped"] is not None and not _relative_inside(entry["shipped"]):
+        problems.append(f"shipped must be null or a path inside the manifest's folder such as "
+                        f"'pretrained/{entry['name']}.safetensors' ('/'-separated, no '..', '.', "
+                        f"leading '/', drive or backslash), not {entry['shipped']!r}")
     return problems
+
+
+def _relative_inside(path: Any) -> bool:
+    """A relative '/'-separated path that cannot leave its folder, on any OS."""
+    return (isinstance(path, str) and "\\" not in path and not PureWindowsPath(path).drive
+            and all(part not in ("", ".", "..") for part in path.split("/")))
 
 
 def _key_problems(d: dict, keys: Iterable[str], prefix: str) -> list[str]:
@@ -474,14 +497,28 @@ def save_checkpoint(model: nn.Module, path: Union[str, Path], *, tag: str,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
+    fd, tmp = _temp_beside(path)
+    raw = tmp.with_suffix(".raw")  # safetensors writes its own 0o600 file: copied into tmp
     try:
-        save_model(model, str(tmp_path), metadata=metadata)  # handles shared tensors
-        os.replace(tmp_path, path)
+        with os.fdopen(fd, "wb") as out:
+            save_model(model, str(raw), metadata=metadata)  # handles shared tensors
+            _write_sorted(raw.read_bytes(), out)
+        os.replace(tmp, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
     return path
+
+
+def _write_sorted(safetensors_file: bytes, out) -> None:
+    """Write a safetensors file with its JSON header's keys sorted: the writer emits metadata
+    in hash order, so the same model would give different bytes (and sha256) on every save."""
+    n = int.from_bytes(safetensors_file[:8], "little")
+    header = json.dumps(json.loads(safetensors_file[8:8 + n]), sort_keys=True,
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # safetensors' padding: tensor data starts 8-byte aligned
+    out.write(len(header).to_bytes(8, "little") + header)
+    out.write(memoryview(safetensors_file)[8 + n:])
 
 
 # model.config keys that are not architecture options
@@ -503,10 +540,23 @@ def read_metadata(path: Union[str, Path]) -> dict:
     meta = dict(raw)
     for key in _JSON_METADATA:
         if key in meta:
-            meta[key] = json.loads(meta[key])
+            try:
+                meta[key] = json.loads(meta[key])
+            except json.JSONDecodeError as e:
+                raise WeightsError(_bad_metadata(path, key, f"is not valid JSON ({e})")) from None
+            if not isinstance(meta[key], dict):
+                raise WeightsError(_bad_metadata(path, key, "must be a JSON object"))
     if "num_classes" in meta:
+        if not re.fullmatch(r"[1-9][0-9]*", meta["num_classes"]):
+            raise WeightsError(_bad_metadata(path, "num_classes", f"must be a positive integer, "
+                                             f"not {meta['num_classes']!r}"))
         meta["num_classes"] = int(meta["num_classes"])
     return meta
+
+
+def _bad_metadata(path: Path, field: str, problem: str) -> str:
+    return (f"{path}: metadata field {field!r} {problem}. The file was edited or written by "
+            f"another tool; save it again with zoo.save_checkpoint or python -m zoo.convert")
 
 
 def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -654,7 +704,11 @@ def _how_to_fetch(w: Weights) -> str:
 
 
 def _verified(path: Path, entry: Mapping, tried: list[str], what: str) -> bool:
-    actual = sha256sum(path)
+    """Whether ``path`` holds the entry's bytes; a mismatch is noted in ``tried``."""
+    try:
+        actual = sha256sum(path)
+    except FileNotFoundError:  # absent, or removed meanwhile by another process
+        return False
     if actual == entry["sha256"]:
         return True
     tried.append(f"{what} {path}: sha256 {actual[:16]}... is not the manifest's "
@@ -669,11 +723,16 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
 
     e = w.entry
     where = f"Hugging Face Hub {e['hub_repo_id']}@{e['revision'][:12]}"
-    cached = try_to_load_from_cache(e["hub_repo_id"], e["filename"], revision=e["revision"])
+    try:
+        cached = try_to_load_from_cache(e["hub_repo_id"], e["filename"], revision=e["revision"])
+    except Exception as err:  # huggingface_hub's checks of the repo id and filename, or the cache
+        tried.append(f"{where}: {_first_line(err)}")
+        return None
     if isinstance(cached, str):
         if _verified(Path(cached), e, tried, "Hugging Face cache file"):
             return Path(cached)
-        _remove_hub_file(Path(cached))
+        if not _remove_hub_file(Path(cached), tried):
+            return None  # hf_hub_download would hand back the same bad file
     if constants.HF_HUB_OFFLINE:
         tried.append(f"{where}: not in the cache and HF_HUB_OFFLINE is set")
         return None
@@ -690,52 +749,102 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
                 return None
             if _verified(path, e, tried, "downloaded file"):
                 return path
-            _remove_hub_file(path)
+            if not _remove_hub_file(path, tried):
+                return None
     finally:
         if not progress and not was_disabled:
             enable_progress_bars()
     return None
 
 
-def _remove_hub_file(pointer: Path) -> None:
-    """Remove a cached Hub file: the snapshot pointer and the blob it points to."""
+def _remove_hub_file(pointer: Path, tried: list[str]) -> bool:
+    """Remove a bad cached Hub file: the snapshot pointer and the blob it points to. False,
+    with the reason and the fix in ``tried``, where the cache is read-only."""
     blob = pointer.resolve()
-    pointer.unlink(missing_ok=True)
-    if blob != pointer:
-        blob.unlink(missing_ok=True)
+    try:
+        pointer.unlink(missing_ok=True)
+        if blob != pointer:
+            blob.unlink(missing_ok=True)
+    except OSError as err:  # PermissionError, or a read-only file system
+        tried.append(f"Hugging Face cache file {pointer}: cannot remove this bad copy "
+                     f"({_os_reason(err)}); make the Hugging Face cache writable, or set "
+                     f"HF_HOME to a writable folder")
+        return False
+    return True
 
 
 def _from_mirror(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
     import requests
+    from filelock import FileLock
 
     e = w.entry
     target = cache_dir() / "weights" / f"{w.name}-{e['sha256'][:16]}.safetensors"
-    if target.is_file():
+    try:
+        # A good copy is never removed or replaced, so using one needs no lock (and works in a
+        # read-only cache).
         if _verified(target, e, tried, "mirror cache file"):
             return target
-        target.unlink()
-    for _ in range(2):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        tmp = Path(tmp_name)
+        # One process at a time removes a bad copy and downloads. It checks again under the
+        # lock, as the process before it may have done just that.
+        with FileLock(f"{target}.lock"):
+            if _verified(target, e, [], "mirror cache file"):  # a bad copy is noted already
+                return target
+            target.unlink(missing_ok=True)
+            return _download(w, target, progress, tried)
+    except requests.RequestException as err:  # caught first: requests' errors are OSErrors
+        tried.append(f"mirror {e['mirror_url']}: {_first_line(err)}")
+    except OSError as err:  # a read-only cache or file system, a full disk
+        tried.append(f"NormZoo cache {cache_dir()}: {_os_reason(err)}; make it writable, or set "
+                     f"NORMZOO_CACHE to a writable folder")
+    return None
+
+
+def _download(w: Weights, target: Path, progress: bool, tried: list[str]) -> Optional[Path]:
+    """Stream the entry's mirror URL into ``target`` (write, verify, rename); a bad download
+    is tried once more, one larger than the entry's ``size_bytes`` is stopped there."""
+    import requests
+
+    url, size = w.entry["mirror_url"], w.entry["size_bytes"]
+    for _ in range(2):
+        fd, tmp = _temp_beside(target)
         try:
-            with os.fdopen(fd, "wb") as out, requests.get(e["mirror_url"], stream=True, timeout=30) as r:
+            with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=30) as r:
                 r.raise_for_status()
-                with _progress_bar(int(r.headers.get("Content-Length") or 0) or None,
-                                   f"{w.name} (mirror)", progress) as bar:
+                length = r.headers.get("Content-Length", "")
+                encoded = r.headers.get("Content-Encoding")  # then the length is the encoded one
+                if length.isdigit() and int(length) > size and not encoded:
+                    tried.append(f"mirror {url}: serves {int(length)} bytes, but the file has "
+                                 f"{size}; not downloading it (wrong file or wrong mirror_url)")
+                    return None
+                received = 0
+                with _progress_bar(size, f"{w.name} (mirror)", progress) as bar:
                     for chunk in r.iter_content(1 << 20):
+                        received += len(chunk)
+                        if received > size:
+                            tried.append(f"mirror {url}: sent more than the file's {size} bytes; "
+                                         f"stopped there (wrong file or wrong mirror_url)")
+                            return None
                         out.write(chunk)
                         bar.update(len(chunk))
-            if not _verified(tmp, e, tried, f"mirror download {e['mirror_url']}"):
-                continue
-            os.replace(tmp, target)
-            return target
-        except requests.RequestException as err:
-            tried.append(f"mirror {e['mirror_url']}: {_first_line(err)}")
-            return None
+            if _verified(tmp, w.entry, tried, f"mirror download {url}"):
+                os.replace(tmp, target)
+                return target
         finally:
             tmp.unlink(missing_ok=True)
     return None
+
+
+def _os_reason(err: OSError) -> str:
+    return f"{err.strerror}: {err.filename}" if err.strerror and err.filename else _first_line(err)
+
+
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """A new file next to ``path`` for write-then-rename, opened for writing. Its mode is a
+    plain open()'s (0o666 less the umask): mkstemp's 0o600 would survive the rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    return os.open(tmp, flags, 0o666), tmp
 
 
 def _progress_bar(total: Optional[int], desc: str, enabled: bool):
@@ -747,11 +856,12 @@ def _progress_bar(total: Optional[int], desc: str, enabled: bool):
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        shutil.copymode(path, tmp) if path.exists() else os.chmod(tmp, 0o644)
+        if path.exists():
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
