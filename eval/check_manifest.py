@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import validate  # noqa: E402  (puts the repo on sys.path)
 from zoo.data import load_cifar  # noqa: E402
+from zoo.evaluate import ImageNetVal  # noqa: E402
 from zoo.hub import check_files  # noqa: E402
 from zoo.weights import WeightsError, load_manifest  # noqa: E402
 
@@ -31,8 +32,13 @@ def main(argv=None) -> int:
 
     try:
         entries = load_manifest()["weights"]
+        datasets = {"cifar" if e["dataset"].startswith("cifar") else "imagenet" for e in entries}
+        # A data folder that is wrong for every entry is one mistake, not one problem per entry.
+        cifar = load_cifar(args.cifar_data, "test") if "cifar" in datasets else None
+        if args.imagenet_data is not None and "imagenet" in datasets:
+            ImageNetVal(args.imagenet_data, None, 224)  # lists the images; decodes none
         problems = check_files()
-    except WeightsError as e:
+    except (WeightsError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in problems:
@@ -47,7 +53,6 @@ def main(argv=None) -> int:
         va = validate.parse_args(["--model", e["model"], "--weights", e["name"], "--data", data,
                                   "--tolerance", str(args.tolerance), "--no-progress"], dataset)
         try:
-            cifar = load_cifar(data, "test") if dataset == "cifar" else None
             row = validate.run_one(e["model"], e["name"], va, dataset, cifar, print)
         except (ValueError, FileNotFoundError, WeightsError) as err:
             print(f"{e['name']}: error: {err}")

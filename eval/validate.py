@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchvision.transforms import InterpolationMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo  # noqa: E402
@@ -45,16 +46,17 @@ def parse_args(argv, dataset: str):
         p.add_argument("--ground-truth", help="for a flat folder: lines 'ILSVRC2012_val_00000001.JPEG 65'")
         p.add_argument("--strict", action="store_true", help="an unreadable image is fatal")
         p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("-b", "--batch-size", type=int, default=256 if dataset == "cifar" else 64)
+    p.add_argument("-b", "--batch-size", type=_positive, default=256 if dataset == "cifar" else 64)
     p.add_argument("--limit", type=_positive, help="evaluate only the first N images")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="memory format (default: the norm's measured preference, "
                         "zoo.prefers_channels_last)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--img-size", type=int, help="override the weights' crop size")
     p.add_argument("--resize", type=int, help="override the weights' resize")
-    p.add_argument("--interpolation", help="override the weights' interpolation")
+    p.add_argument("--interpolation", choices=[m.value for m in InterpolationMode],
+                   help="override the weights' interpolation")
     p.add_argument("--mean", type=float, nargs=3, help="override the weights' mean")
     p.add_argument("--std", type=float, nargs=3, help="override the weights' std")
     p.add_argument("--tolerance", type=float, default=0.25,
@@ -66,10 +68,20 @@ def parse_args(argv, dataset: str):
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
+    if not text.isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive number of images, got {text}")
-    return value
+    return int(text)
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, "
+                                         f"...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here; use --device cpu")
+    return text
 
 
 def jobs(args, dataset: str) -> tuple[list[tuple[str, object]], int]:
@@ -141,7 +153,7 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
             images, labels = images[: args.limit], labels[: args.limit]
         num_classes, total = len(cifar.classes), len(labels)
         batches = cifar_batches(images, labels, transform, args.batch_size)
-        split = split_name("cifar10" if num_classes == 10 else "cifar100", total)
+        data_name = "cifar10" if num_classes == 10 else "cifar100"
     else:
         data = ImageNetVal(args.data, transform, prep["crop"], ground_truth=args.ground_truth,
                            strict=args.strict)
@@ -149,7 +161,7 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
             data.samples = data.samples[: args.limit]
         num_classes, total = 1000, len(data)
         batches = imagenet_loader(data, args.batch_size, args.workers)
-        split = split_name("imagenet-1k", total)
+        data_name = "imagenet-1k"
     if model.config["num_classes"] != num_classes:
         raise ValueError(f"{name} with {model.config['weights']} has {model.config['num_classes']} "
                          f"classes but the data in {args.data} has {num_classes}")
@@ -158,6 +170,7 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
                       channels_last=(zoo.prefers_channels_last(model) if args.channels_last is None
                                      else args.channels_last), progress=bar.update)
     bar.close()
+    split = split_name(data_name, result.num_images)  # the images scored: unreadable ones are not
     if result.unreadable:
         paths = [str(data.samples[i][0]) for i in result.unreadable]
         say(f"{name}: {len(paths)} unreadable image(s), not scored: {', '.join(paths[:10])}")
@@ -211,6 +224,8 @@ def main(argv=None, dataset: str = "imagenet") -> int:
 
     rows = []
     try:
+        if args.results_file:
+            check_writable(Path(args.results_file))
         todo, skipped = jobs(args, dataset)
         if skipped:
             say(f"skipped {skipped} matching model(s) without published weights "
@@ -231,8 +246,6 @@ def main(argv=None, dataset: str = "imagenet") -> int:
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if args.results_file and rows and rank == 0:
-        write_results(rows, args.results_file, args.results_format)
     say("\n| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for r in rows:
         say("| " + " | ".join("" if r[c] is None else str(r[c]) for c in COLUMNS) + " |")
@@ -240,6 +253,13 @@ def main(argv=None, dataset: str = "imagenet") -> int:
     for r in regressions:
         say(f"REGRESSION: {r['model']} scored {-r['diff']:.2f} points below its recorded "
             f"{r['recorded_top1']}% (tolerance {args.tolerance})", err=True)
+    if args.results_file and rows and rank == 0:
+        try:
+            write_results(rows, args.results_file, args.results_format)
+        except OSError as e:  # checked before evaluating, yet it can still fail (disk full)
+            say(f"error: could not write {args.results_file} ({e}); the results are the table "
+                f"above", err=True)
+            return 2
     return 1 if regressions else 0
 
 
@@ -251,6 +271,16 @@ def _one_line(e: Exception) -> str:
         last = text.strip().splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     return text
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a results file that could not be written before evaluating, not after."""
+    if path.is_dir():
+        raise ValueError(f"--results-file {path} is a folder; name a file in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"--results-file {path}: {path.parent} is not an existing folder")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ValueError(f"--results-file {path} is not writable")
 
 
 def write_results(rows, path, fmt) -> None:

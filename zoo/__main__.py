@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -29,8 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="resnet20_bn", help="a CIFAR model name (default: %(default)s)")
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="folder with cifar-10-batches-py/ (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=1000, help="images to classify (default: %(default)s)")
-    parser.add_argument("-b", "--batch-size", type=int, default=250)
+    parser.add_argument("--limit", type=_positive, default=1000,
+                        help="images to classify (default: %(default)s)")
+    parser.add_argument("-b", "--batch-size", type=_positive, default=250)
     parser.add_argument("--weights", default="DEFAULT",
                         help="'DEFAULT', a tag, a local .safetensors file, or 'none' for an "
                              "untrained model (default: %(default)s, untrained if none are published)")
@@ -46,15 +48,24 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    images, labels = data.images[: max(args.limit, 1)], data.labels[: max(args.limit, 1)]
+    images, labels = data.images[: args.limit], data.labels[: args.limit]
 
     torch.manual_seed(args.seed)
     weights = None if args.weights.lower() == "none" else args.weights
     if weights == "DEFAULT" and not zoo.list_weights("{}_{}.*".format(*zoo.parse_model_name(args.model))):
         weights = None  # nothing published for this model: show it untrained
     try:
-        model = zoo.create_model(args.model, weights=weights, num_classes=len(data.classes)).eval()
-    except zoo.WeightsError as e:
+        # Weights keep their own head: a new one for other data would score chance under their name.
+        model = zoo.create_model(args.model, weights=weights,
+                                 num_classes=None if weights else len(data.classes)).eval()
+        if model.config["num_classes"] != len(data.classes):
+            trained_on = _trained_on(model.config["weights"]) or "a dataset"
+            raise ValueError(
+                f"the weights {model.config['weights']} were trained on {trained_on} "
+                f"({model.config['num_classes']} classes) but {args.data} holds "
+                f"{len(data.classes)}-class data; pass --data a folder of {trained_on}, or "
+                f"--weights none for an untrained model")
+    except (zoo.WeightsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg = model.config
@@ -87,6 +98,19 @@ def main(argv=None) -> int:
           + "), "
           f"{len(labels) / seconds:.0f} img/s on {torch.get_num_threads()} CPU threads")
     return 0
+
+
+def _positive(text: str) -> int:
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _trained_on(weights: str) -> Optional[str]:
+    """The dataset loaded weights (a manifest name or a file) were trained on, if recorded."""
+    if Path(weights).is_file():
+        return zoo.weights.read_metadata(weights).get("dataset")
+    return zoo.get_weight(weights).entry["dataset"]
 
 
 if __name__ == "__main__":

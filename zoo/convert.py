@@ -51,6 +51,9 @@ def read_state_dict(path: Union[str, Path]) -> tuple[StateDict, dict[str, str]]:
     are returned in ``dropped`` with the reason) and ``module.`` prefixes are removed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConvertError(f"{path} is a folder; pass the checkpoint file in it (.pth, .pt, .tar "
+                           f"or .safetensors)")
     if not path.is_file():
         raise ConvertError(f"{path} does not exist")
     if path.suffix == ".safetensors":
@@ -80,19 +83,38 @@ def read_state_dict(path: Union[str, Path]) -> tuple[StateDict, dict[str, str]]:
 def _torch_load(path: Path):
     """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
     import pickle
+    import warnings
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns of any protocol but 2; the load itself says whether it can read the file.
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        needs = f"the object {found.group(1)}" if found else "more than tensors and containers"
         raise ConvertError(
-            f"refusing to unpickle {path}: loading it needs {needs}, and unpickling that could "
-            f"run arbitrary code. If you trust the file, load it yourself and save only the "
-            f"weights, torch.save(model.state_dict(), 'weights.pth'), then convert that") from None
+            f"refusing to unpickle {path}: {_refusal(str(e))}. If you trust the file, load it "
+            f"yourself and save only the weights, torch.save(model.state_dict(), "
+            f"'weights.pth'), then convert that") from None
     except Exception as e:  # torch raises many types for files that are not its format
         raise ConvertError(f"{path} is not a readable PyTorch checkpoint "
                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _refusal(message: str) -> str:
+    """Why torch's weights-only unpickler refused a file, from its message. The wording
+    changes between torch versions ("Unsupported global: GLOBAL io.open was not ...",
+    "unsupported GLOBAL posix.system whose module ..."); the opcode's name GLOBAL stays."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"loading it needs the object {found.group(1)}, and unpickling that could run "
+                f"arbitrary code")
+    # Nothing named (e.g. "Unsupported operand 149" for pickle protocol 4 and later): torch's
+    # line saying what it could not read, else its first line.
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", message).splitlines()]
+    lines = lines or ["no reason given"]
+    detail = next((line for line in lines if line.lower().startswith("unsupported")), lines[0])
+    return (f"torch's weights-only loader stops at {detail!r}, and a full unpickle could run "
+            f"arbitrary code")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +287,9 @@ def convert(source: str, src_path: Union[str, Path], out_path: Union[str, Path],
     tag = tag or source
     if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", tag):
         raise ConvertError(f"tag {tag!r} must be lowercase letters, digits, '_' and '-'")
+    if Path(out_path).is_dir():
+        raise ConvertError(f"the output {out_path} is a folder; name the .safetensors file to "
+                           f"write")
     state_dict, dropped = read_state_dict(src_path)
     mapped, renamed_dropped = spec.map_state_dict(state_dict)
     dropped.update(renamed_dropped)

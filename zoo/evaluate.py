@@ -12,13 +12,13 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
 __all__ = ["EvalResult", "evaluate", "cifar_batches", "ImageNetVal", "imagenet_loader", "imagenet_wnids",
-           "rank_and_world", "shard", "split_name"]
+           "read_ground_truth", "rank_and_world", "shard", "split_name"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 
@@ -136,7 +136,8 @@ class ImageNetVal(torch.utils.data.Dataset):
                  ground_truth: Union[str, Path, None] = None, strict: bool = False):
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"ImageNet data folder {root} does not exist")
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise FileNotFoundError(f"ImageNet data folder {root} {what}")
         self.transform, self.crop, self.strict = transform, crop, strict
         folders = sorted(p for p in root.iterdir() if p.is_dir())
         if folders:
@@ -148,15 +149,16 @@ class ImageNetVal(torch.utils.data.Dataset):
             self.samples = [(f, index[d.name]) for d in folders for f in sorted(d.iterdir())
                             if f.suffix.lower() in IMAGE_SUFFIXES]
         else:
+            files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                what = "holds no images" if any(root.iterdir()) else "is empty"
+                raise FileNotFoundError(f"{root} {what}: expected ImageNet validation images, as "
+                                        f"root/<wnid>/*.JPEG or a flat folder of *.JPEG with a "
+                                        f"ground-truth file")
             if ground_truth is None:
                 raise ValueError(f"{root} is a flat folder of images; pass the ground-truth file "
                                  f"(lines 'ILSVRC2012_val_00000001.JPEG 65')")
-            labels = {}
-            for line in Path(ground_truth).read_text().splitlines():
-                if line.strip():
-                    name, label = line.split()
-                    labels[name] = int(label)
-            files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            labels = read_ground_truth(ground_truth)
             missing = [f.name for f in files if f.name not in labels]
             if missing:
                 raise ValueError(f"{ground_truth} has no label for {', '.join(missing[:5])}"
@@ -180,6 +182,33 @@ class ImageNetVal(torch.utils.data.Dataset):
                 raise ValueError(f"unreadable image {path}: {e}") from None
             return torch.zeros(3, self.crop, self.crop), -1, i
         return self.transform(image), label, i
+
+
+def read_ground_truth(path: Union[str, Path]) -> dict[str, int]:
+    """``{file name: class index}`` from lines ``ILSVRC2012_val_00000001.JPEG 65``; a line
+    that is not a name and a class index 0-999 is refused, naming it (scoring it would
+    count a miss, and -1 means "unreadable" to ``evaluate``)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"the ground-truth file {path} {what}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file of ground-truth lines "
+                         f"('ILSVRC2012_val_00000001.JPEG 65')") from None
+    num_classes = len(imagenet_wnids())
+    labels = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].isdecimal() or int(fields[1]) >= num_classes:
+            raise ValueError(f"{path} line {number}: {line.strip()!r} is not a file name and a "
+                             f"class index 0-{num_classes - 1} "
+                             f"(e.g. 'ILSVRC2012_val_00000001.JPEG 65')")
+        labels[fields[0]] = int(fields[1])
+    return labels
 
 
 def imagenet_loader(dataset: ImageNetVal, batch_size: int, workers: int) -> torch.utils.data.DataLoader:

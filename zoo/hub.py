@@ -15,12 +15,19 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 from huggingface_hub import HfApi, get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
+
+try:  # huggingface_hub >= 1.0 passes its HTTP client's connection errors through unwrapped
+    from httpx2 import HTTPError as _ClientError
+except ImportError:  # before 1.0 they were requests' errors, which are OSErrors
+    _ClientError = OSError
 
 from .weights import (HUB_FILENAME, RECIPE_KEYS, UNPUBLISHED, Weights, WeightsError, get_weight,
                       load_manifest, manifest_path, read_metadata, sha256sum, write_manifest)
@@ -169,6 +176,8 @@ def build_folder(weights: Union[str, Weights], out: Union[str, Path], *, progres
     for a manifest name or a :class:`Weights` (``local_weights(path)`` for an unregistered file)."""
     w = get_weight(weights) if isinstance(weights, str) else weights
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise WeightsError(f"{out} is a file; build into a folder (it is created if missing)")
     files = (HUB_FILENAME, "config.json", "README.md")
     others = sorted(p.name for p in out.iterdir() if p.name not in files) if out.is_dir() else []
     if others:  # publish uploads the whole folder: nothing else may ride along
@@ -267,26 +276,35 @@ def publish(name: str, repo_id: Optional[str] = None, *, out: Union[str, Path, N
             dry_run: bool = False) -> dict:
     """Build the folder, upload it in one commit, tag it and pin the commit in the manifest.
 
-    Returns ``{"folder", "repo_id", "revision"}`` (revision None for a dry run).
+    Returns ``{"folder", "repo_id", "revision"}``: revision None for a dry run; folder None
+    when it was built in a temporary folder for the upload (removed afterwards).
     """
-    import tempfile
-
     w = get_weight(name)
     repo_id = repo_id or w.entry["hub_repo_id"]
-    folder = build_folder(name, out or Path(tempfile.mkdtemp(prefix="normzoo-hub-")) / name)
-    if dry_run:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise WeightsError(f"{repo_id!r} is not a Hub repo id ('owner/name'): {e}") from None
+    if dry_run:  # the folder is the result: kept, in a new temporary folder unless out is given
+        scratch = None if out is not None else Path(tempfile.mkdtemp(prefix="normzoo-hub-"))
+        try:
+            folder = build_folder(name, out if scratch is None else scratch / name)
+        except BaseException:
+            if scratch is not None:
+                shutil.rmtree(scratch)
+            raise
         return {"folder": folder, "repo_id": repo_id, "revision": None}
     token = get_token()
     if not token:
         raise WeightsError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then "
                            "publish again (--dry-run builds the folder without one)")
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                               commit_message=f"NormZoo {name} (sha256 {w.entry['sha256'][:16]})")
-    revision = commit.oid
-    api.create_tag(repo_id, tag=f"{w.tag}-{w.entry['sha256'][:8]}", revision=revision,
-                   repo_type="model", exist_ok=True)
+    if out is not None:
+        folder = build_folder(name, out)
+        revision = _upload(w, folder, repo_id, token)
+    else:
+        folder = None  # built for the upload only: removed, whether it succeeds or not
+        with tempfile.TemporaryDirectory(prefix="normzoo-hub-") as scratch:
+            revision = _upload(w, build_folder(name, Path(scratch) / name), repo_id, token)
     manifest_file = manifest_path()
     data = load_manifest(manifest_file)
     for entry in data["weights"]:
@@ -294,6 +312,25 @@ def publish(name: str, repo_id: Optional[str] = None, *, out: Union[str, Path, N
             entry["hub_repo_id"], entry["revision"] = repo_id, revision
     write_manifest(data, manifest_file)
     return {"folder": folder, "repo_id": repo_id, "revision": revision}
+
+
+def _upload(w: Weights, folder: Path, repo_id: str, token: str) -> str:
+    """Create the repo if needed, upload ``folder`` in one commit and tag it; the commit id."""
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                   commit_message=f"NormZoo {w.name} (sha256 "
+                                                  f"{w.entry['sha256'][:16]})")
+        api.create_tag(repo_id, tag=f"{w.tag}-{w.entry['sha256'][:8]}", revision=commit.oid,
+                       repo_type="model", exist_ok=True)
+    except (OSError, _ClientError) as e:  # HfHubHTTPError is both
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0].rstrip(".")
+        raise WeightsError(
+            f"could not publish {w.name} to {repo_id} on {api.endpoint}: {reason}. The manifest "
+            f"is unchanged; check the network, HF_ENDPOINT and that the token may write to "
+            f"{repo_id} (`hf auth whoami`), then publish again") from None
+    return commit.oid
 
 
 def main(argv=None) -> int:
@@ -329,16 +366,18 @@ def main(argv=None) -> int:
             print(build_folder(args.name, args.out))
         elif args.command == "publish":
             r = publish(args.name, args.repo_id, out=args.out, dry_run=args.dry_run)
-            print(f"built {r['folder']}" + ("" if args.dry_run else
-                  f"; published {r['repo_id']}@{r['revision']} and pinned it in the manifest"))
+            built = [f"built {r['folder']}"] if r["folder"] else []
+            published = [] if args.dry_run else [
+                f"published {r['repo_id']}@{r['revision']} and pinned it in the manifest"]
+            print("; ".join(built + published))
         else:
             problems = check_files()
             print("\n".join(problems) or f"all {len(load_manifest()['weights'])} "
                                           f"entries match their files")
             return 1 if problems else 0
-    except (WeightsError, FileNotFoundError) as e:
+    except (WeightsError, OSError) as e:  # OSError: a path that cannot be read or written
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
