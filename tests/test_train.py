@@ -486,17 +486,21 @@ def test_refusals_exit_2_with_one_error_line(data_root, tmp_path, capsys, monkey
 
     assert train.loop.main(base) == 2
     assert "already holds a run; pass --resume" in error_line(capsys)
-    for other in (["--lr", 0.01], ["--epochs", 3], ["--batch-size", 16], ["--amp"]):
+    for other, change in ((["--lr", 0.01], "--lr 0.05 in the run, 0.01 here"),
+                          (["--epochs", 3], "--epochs 2 in the run, 3 here"),
+                          (["--batch-size", 16], "--batch-size 32 in the run, 16 here"),
+                          (["--amp"], "--amp False in the run, True here")):
         assert train.loop.main(base + ["--resume", *map(str, other)]) == 2
-        assert "with another recipe; resume with the same --model and recipe flags" in error_line(capsys)
+        assert change in error_line(capsys)
     other_model = tiny_args("resnet20_bn", data_root, out, "--limit-train", 128, "--resume")
     assert train.loop.main(other_model) == 2
-    assert "is a run of resnet20_gn" in error_line(capsys)
+    assert "--model resnet20_gn in the run, resnet20_bn here" in error_line(capsys)
     # the run recorded its norm's memory format (GroupNorm: contiguous) and resumes only in it
-    assert json.loads((out / "recipe.json").read_text())["channels_last"] is zoo.get_norm("gn").channels_last
-    other_format = "--no-channels-last" if zoo.get_norm("gn").channels_last else "--channels-last"
+    gn_format = zoo.get_norm("gn").channels_last
+    assert json.loads((out / "recipe.json").read_text())["channels_last"] is gn_format
+    other_format = "--no-channels-last" if gn_format else "--channels-last"
     assert train.loop.main(base + ["--resume", other_format]) == 2
-    assert "resume it with the same memory format" in error_line(capsys)
+    assert f"--channels-last {gn_format} in the run, {not gn_format} here" in error_line(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
 
     unknown = ["--model", "resnet20_gn", "--recipe", "nope", "--data", str(data_root / "cifar10"),

@@ -6,6 +6,7 @@
 The run folder holds recipe.json, log.jsonl (one row per epoch), curves.png,
 checkpoint.pt (every epoch, atomically; ``--resume`` continues from it) and, at the end,
 model.safetensors + hub/ (the Hub-ready folder). ``--register`` adds it to the manifest.
+A new run needs a folder without another run's files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import shlex
 import signal
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -29,20 +32,30 @@ import torch.nn.functional as F
 import zoo
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate, rank_and_world, split_name
-from zoo.weights import default_preprocessing, eval_transforms, git_commit, new_head
+from zoo.weights import (WeightsError, default_preprocessing, eval_transforms, git_commit,
+                         new_head, sha256sum)
 
 from .data import CifarTrainBatches, imagenet_train_loader
 from .recipes import RECIPES, Recipe, for_model, get_recipe, override
 
 
-def parse_args(argv=None):
+RESUME_HELP = (
+    "continue from OUT/checkpoint.pt. The command must repeat the run's --model, --recipe and "
+    "its overrides (--epochs, --batch-size, --lr, --amp), --seed, --limit-train, data (the "
+    "dataset and its number of training images), --num-classes, --weights/--checkpoint (the "
+    "same weights), --freeze-backbone and memory format (--channels-last; by default the "
+    "run's own); a mismatch is refused. These may change: --data's path, --test-data, "
+    "--device, --workers, --compile, --sync-bn, --tag, --register")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a zoo model name, e.g. resnet20_ilm")
     p.add_argument("--recipe", default="cifar10_cpu", help=f"one of: {', '.join(RECIPES)}")
     p.add_argument("--data", required=True, help="CIFAR folder (python layout) or ImageNet train tree")
     p.add_argument("--out", required=True, help="run folder (created; resumed with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     p.add_argument("--weights", help="start from published weights (fine-tuning): DEFAULT, a tag or model.tag")
     p.add_argument("--checkpoint", help="start from a local NormZoo checkpoint (file or Hub folder)")
     p.add_argument("--num-classes", type=int,
@@ -70,7 +83,11 @@ def parse_args(argv=None):
     p.add_argument("--register", action="store_true",
                    help="at the end, add the checkpoint to the manifest (shipped if under 20 MB)")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)  # tests: simulate a stop
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the run's command
     return args
 
@@ -119,6 +136,15 @@ def command_line(argv=None) -> str:
     return f"{prefix} {shlex.join(sys.argv[1:] if argv is None else argv)}"
 
 
+# A folder holding any of these holds a run: a new run there would mix with it.
+RUN_FILES = ("recipe.json", "log.jsonl", "checkpoint.pt", "model.safetensors")
+CHECKPOINT_KEYS = {"epoch", "step", "model", "optimizer", "scheduler", "scaler", "torch_rng",
+                   "python_rng", "recipe", "model_name"}
+# The recipe's fields that have a flag; the others change only with the preset or the norm.
+RECIPE_FLAGS = {"name": "--recipe", "epochs": "--epochs", "batch_size": "--batch-size",
+                "lr": "--lr", "amp": "--amp"}
+
+
 class Run:
     def __init__(self, args):
         self.args = args
@@ -128,6 +154,9 @@ class Run:
         base, self.adjustments = for_model(get_recipe(args.recipe), norm)
         self.recipe = override(base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                amp=args.amp)
+        if args.limit_train is not None and args.limit_train < 1:
+            raise ValueError(f"--limit-train must be at least 1, not {args.limit_train} (leave it "
+                             f"out to train on every image)")
         world = rank_and_world()[1]
         if self.recipe.batch_size % world:
             raise ValueError(f"batch size {self.recipe.batch_size} does not split between {world} "
@@ -157,18 +186,38 @@ class Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=r.amp and self.device.type == "cuda")
         self.epoch, self.step = 0, 0  # next epoch to run, and next step inside it
         self.stop_requested = False
+        self.must_match = self._must_match()
+
+    def _must_match(self) -> dict:
+        """What a --resume must repeat (RESUME_HELP), by flag; the checkpoint records it."""
+        args = self.args
+        return {"--model": args.model, "recipe": _settings(dataclasses.asdict(self.recipe)),
+                "--seed": args.seed, "--limit-train": args.limit_train,
+                "data": f"{self.dataset} with {self.train_images} training images",
+                "--num-classes": _num_classes(self.dataset),
+                "--weights/--checkpoint": self.start_weights,
+                "--freeze-backbone": args.freeze_backbone, "--channels-last": args.channels_last}
+
+    def _recipe_json(self) -> dict:
+        """The run folder's recipe.json ({} where there is none)."""
+        path = self.out / "recipe.json"
+        if not path.is_file():
+            return {}
+        try:
+            record = json.loads(path.read_text())
+            if isinstance(record, dict):
+                return record
+            problem = "not a JSON object"
+        except ValueError as e:  # not JSON, or not text
+            problem = e
+        raise ValueError(f"{path} is not the run's record ({problem}); restore it to resume the "
+                         f"run, or start again with another --out")
 
     def _memory_format(self) -> bool:
-        """channels_last or not: the flag, else the run's recorded format on --resume, else the
-        norm's measured preference."""
+        """channels_last or not: the flag, else the run's recorded format on --resume (which
+        load() holds the flag to), else the norm's measured preference."""
         args = self.args
-        recorded = None
-        if args.resume and (self.out / "recipe.json").is_file():
-            recorded = json.loads((self.out / "recipe.json").read_text()).get("channels_last")
-        if recorded is not None and args.channels_last not in (None, recorded):
-            raise ValueError(f"{self.out} was trained with{'' if recorded else 'out'} "
-                             f"--channels-last; resume it with the same memory format (drop "
-                             f"the flag) or use a new --out")
+        recorded = self._recipe_json().get("channels_last") if args.resume else None
         if args.channels_last is not None:
             return args.channels_last
         if recorded is not None:
@@ -190,9 +239,13 @@ class Run:
             if args.freeze_backbone:
                 raise ValueError("--freeze-backbone needs --weights or --checkpoint: a trained "
                                  "backbone to keep")
+            self.start_weights = None
             return zoo.create_model(args.model, num_classes=num_classes,
                                     **({"zero_init_residual": True} if self.recipe.zero_init_residual else {}))
         model = zoo.create_model(args.model, weights=start, progress=_rank() == 0)
+        # the weights themselves, not the path given: a moved checkpoint still resumes
+        self.start_weights = (model.config["weights"] if args.weights
+                              else f"sha256 {sha256sum(model.config['weights'])[:16]}")
         total = len(model.state_dict())
         new = new_head(model, num_classes) if num_classes != model.config["num_classes"] else []
         _say(f"loaded {model.config['weights']}: {total - len(new)} of {total} tensors"
@@ -210,6 +263,7 @@ class Run:
         if r.dataset.startswith("cifar"):
             train = load_cifar(args.data, "train")
             self.dataset = "cifar100" if len(train.classes) == 100 else "cifar10"
+            self.train_images = len(train.labels)
             if r.dataset not in ("cifar", self.dataset):
                 raise ValueError(f"recipe {r.name} trains on {r.dataset}, but {args.data} holds "
                                  f"{self.dataset}; pass {r.dataset} data or a recipe for any CIFAR "
@@ -231,6 +285,7 @@ class Run:
             self.dataset, self.val = "imagenet", None
             self.loader, self.sampler = imagenet_train_loader(args.data, r.batch_size, args.workers,
                                                               seed=args.seed)
+            self.train_images = len(self.loader.dataset)
             self.steps_per_epoch = len(self.loader)
 
     def epoch_batches(self, epoch: int, start_step: int):
@@ -251,7 +306,8 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "python_rng": list(random.getstate()[1]),
-                "recipe": dataclasses.asdict(self.recipe), "model_name": self.args.model}
+                "recipe": dataclasses.asdict(self.recipe), "model_name": self.args.model,
+                "must_match": self.must_match}
 
     def save(self) -> None:
         if _rank() != 0:
@@ -263,18 +319,86 @@ class Run:
     def load(self) -> None:
         path = self.out / "checkpoint.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"--resume: {path} does not exist; start without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never a full unpickle
-        if state["model_name"] != self.args.model or state["recipe"] != dataclasses.asdict(self.recipe):
-            raise ValueError(f"{path} is a run of {state['model_name']} with another recipe; resume "
-                             f"with the same --model and recipe flags, or use a new --out")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate((3, tuple(state["python_rng"]), None))
+            started = any((self.out / f).exists() for f in RUN_FILES)
+            fix = (f"the run in {self.out} cannot be continued: start again with another --out"
+                   if started else "start without --resume")
+            raise FileNotFoundError(f"--resume: {path} does not exist; {fix}")
+        try:
+            with warnings.catch_warnings():  # a foreign pickle's protocol: refused below anyway
+                warnings.filterwarnings("ignore", "Detected pickle protocol")
+                state = torch.load(path, map_location="cpu", weights_only=True)  # no full unpickle
+        except Exception as e:  # a truncated or garbled file: torch raises many kinds
+            raise WeightsError(_cannot_resume(path, e)) from None
+        if not (isinstance(state, dict) and CHECKPOINT_KEYS <= state.keys()):
+            raise WeightsError(_cannot_resume(path, "not a NormZoo training checkpoint"))
+        self._check_same_run(state)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate((3, tuple(state["python_rng"]), None))
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise WeightsError(_cannot_resume(path, e)) from None
         self.epoch, self.step = state["epoch"], state["step"]
+
+    def _check_same_run(self, state: dict) -> None:
+        """Refuse a --resume that changes what the run must keep (RESUME_HELP), naming each
+        change with both values."""
+        recorded = _plain(state.get("must_match") or self._recorded_before_must_match(state))
+        now = _plain(self.must_match)
+        changes = []
+        for key, was in recorded.items():
+            if key == "recipe":
+                changes += [_change(RECIPE_FLAGS.get(f, f"the recipe's {f}"), was.get(f),
+                                    now["recipe"].get(f))
+                            for f in {**was, **now["recipe"]} if was.get(f) != now["recipe"].get(f)]
+            elif was != now.get(key):
+                changes.append(_change(key, was, now.get(key)))
+        if changes:
+            raise ValueError(f"{self.out} holds a run with other settings, which --resume must "
+                             f"keep: {'; '.join(changes)}. Resume with the run's own flags, or "
+                             f"start a new run with another --out")
+
+    def _recorded_before_must_match(self, state: dict) -> dict:
+        """What a run started before checkpoints recorded must_match can be checked against:
+        the checkpoint's model and recipe, and recipe.json's seed, memory format and command."""
+        recorded = {"--model": state["model_name"], "recipe": _settings(state["recipe"])}
+        first = self._recipe_json()
+        if "command" in first:
+            tokens = shlex.split(first["command"])
+            started = parser().parse_known_args(tokens[tokens.index("-m") + 2:])[0]
+            recorded.update({"--limit-train": started.limit_train,
+                             "--freeze-backbone": started.freeze_backbone})
+        for flag, key in ("--seed", "seed"), ("--channels-last", "channels_last"):
+            if key in first:
+                recorded[flag] = first[key]
+        return recorded
+
+    def _open_folder(self) -> None:
+        """Make the run folder and check it before any work: it must be writable, and a new
+        run's folder must hold no other run's files."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            found = [f for f in RUN_FILES if (self.out / f).exists()]
+            with tempfile.TemporaryFile(dir=self.out):  # checkpoints are written here, then renamed
+                pass
+        except OSError as e:
+            raise ValueError(f"cannot write the run folder {self.out} ({e.strerror or e}); pick "
+                             f"another --out, or make it writable") from None
+        if found and not self.args.resume:
+            resumable = "checkpoint.pt" in found and "model.safetensors" not in found
+            raise FileExistsError(
+                f"{self.out} already holds a run; "
+                + ("pass --resume to continue it, or pick another --out" if resumable else
+                   "pick another --out (it has nothing to resume: finished, or stopped before its "
+                   "first checkpoint)") + f". It has {', '.join(found)}")
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank has looked before rank 0 writes
+        if _rank() == 0 and not self.args.resume:
+            # created now, exclusively: a new run appends only to its own log
+            (self.out / "log.jsonl").touch(exist_ok=False)
 
     # -- training ------------------------------------------------------------------------
 
@@ -339,23 +463,20 @@ class Run:
         return {"val_acc": result.top1, "val_top5": result.top5}
 
     def fit(self) -> Optional[dict]:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._open_folder()
         if self.args.resume:
             self.load()
             _say(f"resumed {self.out / 'checkpoint.pt'} at epoch {self.epoch + 1}, step {self.step}")
-        elif (self.out / "checkpoint.pt").exists():
-            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or "
-                                  f"pick another --out")
         if _rank() == 0:
             record = {"recipe": dataclasses.asdict(self.recipe), "adjustments": self.adjustments,
                       "model": self.args.model,
                       "command": command_line(getattr(self.args, "argv", None)),
                       "commit": git_commit(), "seed": self.args.seed,
                       "channels_last": self.args.channels_last}
-            if self.args.resume and (self.out / "recipe.json").is_file():
+            first = self._recipe_json() if self.args.resume else {}
+            if first:
                 # The run's command stays the one that started it (a --resume command does not
                 # reproduce a run from scratch); the resumes are listed beside it.
-                first = json.loads((self.out / "recipe.json").read_text())
                 record["resumed"] = first.get("resumed", []) + [
                     {"command": record["command"], "commit": record["commit"]}]
                 record["command"], record["commit"] = first["command"], first["commit"]
@@ -454,6 +575,31 @@ def run_summary(out: Path, recipe: Recipe) -> dict:
             # The median epoch: a run that shared the machine for a while keeps its typical speed.
             "img_per_s": round(statistics.median(r["img_per_s"] for r in rows)) if rows else None,
             "minutes": round(sum(r["seconds"] for r in rows) / 60, 1)}
+
+
+def _cannot_resume(path: Path, problem) -> str:
+    if isinstance(problem, Exception):  # its first sentence: torch's go on about other things
+        first = " ".join(str(problem).split()).split(". ")[0][:200]
+        problem = f"{type(problem).__name__}: {first}" if first else type(problem).__name__
+    return (f"cannot resume from {path}: it is truncated, corrupt or not this run's checkpoint "
+            f"({problem}); start the run again with another --out")
+
+
+def _settings(recipe: dict) -> dict:
+    """A recipe's fields but its source, a description that may be reworded."""
+    return {k: v for k, v in recipe.items() if k != "source"}
+
+
+def _plain(record: dict) -> dict:
+    """As JSON holds it (tuples become lists), so records compare whatever stored them."""
+    return json.loads(json.dumps(record))
+
+
+def _change(flag: str, was, now) -> str:
+    def shown(value):
+        return "none" if value is None else value
+
+    return f"{flag} {shown(was)} in the run, {shown(now)} here"
 
 
 def _num_classes(dataset: str) -> int:

@@ -8,6 +8,7 @@ requirements (METHODS.md) to any preset and says which it applied.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 
@@ -121,6 +122,14 @@ def for_model(recipe: Recipe, norm: str) -> tuple[Recipe, list[str]]:
 
 
 def override(recipe: Recipe, **values: Optional[object]) -> Recipe:
-    """The recipe with command-line overrides (None means: keep)."""
+    """The recipe with command-line overrides (None means: keep). Values that cannot train
+    are refused, named by their flag: epochs and batch size below 1, an lr that is not a
+    finite number above 0."""
     changes = {k: v for k, v in values.items() if v is not None}
+    for name, value in changes.items():
+        flag = "--" + name.replace("_", "-")
+        if name in ("epochs", "batch_size") and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{flag} must be a whole number of at least 1, not {value!r}")
+        if name == "lr" and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+            raise ValueError(f"{flag} must be a finite number above 0, not {value!r}")
     return dataclasses.replace(recipe, **changes) if changes else recipe
