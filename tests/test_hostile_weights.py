@@ -302,8 +302,8 @@ def test_hub_cache_lookup_errors_are_reasons(tmp_path, monkeypatch, entry):
 
 
 @pytest.mark.parametrize("field, value, problem", [
-    ("num_classes", "ten", "must be a positive integer, not 'ten'"),
-    ("num_classes", "0", "must be a positive integer, not '0'"),
+    ("num_classes", "ten", "must be a non-negative integer, not 'ten'"),
+    ("num_classes", "-1", "must be a non-negative integer, not '-1'"),
     ("preprocessing", "{not json", "is not valid JSON"),
     ("norm_kwargs", "[1, 2]", "must be a JSON object"),
     ("recipe", "", "is not valid JSON"),

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 from torch import nn
 
+from .models._common import FeatureMaps, check_num_classes
 from .norms import NormSpec, get_norm, list_norms
 from .weights import (Weights, WeightsError, load_weights, read_metadata, resolve_weights,
                       weights_of)
@@ -101,6 +102,8 @@ def create_model(
     pretrained: bool = False,
     progress: bool = True,
     norm_kwargs: Optional[dict] = None,
+    features_only: bool = False,
+    out_indices: Optional[Sequence[int]] = None,
     **kwargs,
 ) -> nn.Module:
     """Build a model by name: ``create_model("resnet50_gn")``, ``create_model("resnet56", norm="gn")``.
@@ -108,12 +111,16 @@ def create_model(
     Args:
         name: ``{arch}_{norm}`` or a bare architecture name (then ``norm`` picks the norm, default bn).
         norm: a registered norm name; only together with a bare architecture name.
-        num_classes: classifier size (default: the architecture's dataset, 1000 or 10).
+        num_classes: classifier size (default: the architecture's dataset, 1000 or 10); 0: no
+            classifier, the model returns pooled features (``model.num_features`` wide).
         weights: ``"DEFAULT"``, a tag, ``"model.tag"``, a :class:`~zoo.weights.Weights`, or a
             local safetensors file / Hub-ready folder. See ``zoo.list_weights()``.
         pretrained: ``True`` is the model's first published (fixed) weights.
         progress: show a progress bar while downloading.
         norm_kwargs: overrides of the norm's own arguments, e.g. ``{"eps": 1e-3}``.
+        features_only: return the stages' feature maps instead (a list, as timm's
+            ``features_only``), with ``feature_info``: each stage's module, channels, reduction.
+        out_indices: which stages ``features_only`` returns (default: all).
         **kwargs: architecture options, e.g. ``zero_init_residual=True`` for ResNets.
 
     With weights and a different ``num_classes`` everything but the classifier (and a
@@ -155,9 +162,11 @@ def create_model(
             f"it accepts: {', '.join(accepted)}"
         )
     for n in (num_classes, build_classes):
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ValueError(f"num_classes must be a positive integer, got {n!r}")
-    build_classes = build_classes or num_classes or arch.num_classes
+        if n is not None:
+            check_num_classes(n)
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices picks the stages of features_only=True; pass both")
+    build_classes = next(n for n in (build_classes, num_classes, arch.num_classes) if n is not None)
 
     model = arch.build(norm=spec, num_classes=build_classes, **kwargs)
     model.config = {
@@ -174,7 +183,7 @@ def create_model(
     }
     if source is not None:
         load_weights(model, source, progress=progress, num_classes=num_classes)
-    return model
+    return FeatureMaps(model, out_indices) if features_only else model
 
 
 def get_builder(name: str) -> Callable[..., nn.Module]:

@@ -547,9 +547,9 @@ def read_metadata(path: Union[str, Path]) -> dict:
             if not isinstance(meta[key], dict):
                 raise WeightsError(_bad_metadata(path, key, "must be a JSON object"))
     if "num_classes" in meta:
-        if not re.fullmatch(r"[1-9][0-9]*", meta["num_classes"]):
-            raise WeightsError(_bad_metadata(path, "num_classes", f"must be a positive integer, "
-                                             f"not {meta['num_classes']!r}"))
+        if not re.fullmatch(r"0|[1-9][0-9]*", meta["num_classes"]):
+            raise WeightsError(_bad_metadata(path, "num_classes", f"must be a non-negative "
+                                             f"integer, not {meta['num_classes']!r}"))
         meta["num_classes"] = int(meta["num_classes"])
     return meta
 
@@ -621,8 +621,7 @@ def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bo
 def new_head(model: nn.Module, num_classes: int) -> list[str]:
     """Give a loaded model a freshly initialised ``num_classes`` head (classifier and logits
     norm) for fine-tuning; returns and logs the re-initialised keys."""
-    model.reset_classifier(num_classes)
-    model.config["num_classes"] = num_classes
+    model.reset_classifier(num_classes)  # model.config follows
     reinitialized = head_keys(model)
     _log.warning("%s: loaded %s with a new %d-class head; re-initialised %s",
                  model.config["name"], model.config.get("weights"), num_classes, ", ".join(reinitialized))

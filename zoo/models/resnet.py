@@ -17,7 +17,7 @@ from torch import nn
 
 from ..norms import NormSpec, get_norm
 from ..registry import ArchSpec, register_arch
-from ._common import apply_norm_init, new_logits_norm, check_input
+from ._common import ZooNet, apply_norm_init, check_input
 
 torch.fx.wrap("check_input")
 
@@ -128,7 +128,7 @@ class Bottleneck(_Block):
         return self._merge(self.bn3(self.conv3(out)), x)
 
 
-class ResNet(nn.Module):
+class ResNet(ZooNet):
     """A ResNet with any registered norm.
 
     Args:
@@ -170,8 +170,15 @@ class ResNet(nn.Module):
                                      norm, variant, shortcut, block_index)
             self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(self.inplanes, num_classes)
-        self.logits_norm = norm.logits_norm(num_classes) if norm.logits_norm else None
+        self.num_features = self.inplanes
+        self.fc = nn.Linear(self.inplanes, num_classes) if num_classes else nn.Identity()
+        self.logits_norm = norm.logits_norm(num_classes) if norm.logits_norm and num_classes else None
+        self._classifier, self._family = "fc", "resnet"
+        stem_stride = 2 if variant == "imagenet" else 1
+        self.feature_info = [{"module": "relu", "num_chs": widths[0], "reduction": stem_stride}] + [
+            {"module": f"layer{i + 1}", "num_chs": widths[i] * block.expansion,
+             "reduction": stem_stride * (2 if variant == "imagenet" else 1) * 2 ** i}
+            for i in range(len(layers))]
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -188,16 +195,8 @@ class ResNet(nn.Module):
                                          f"gain; norm {norm.name!r} has none")
                     nn.init.zeros_(weight)
 
-    def head_names(self) -> list[str]:
-        """The modules ``reset_classifier`` replaces: what a linear probe trains."""
-        return ["fc"] + (["logits_norm"] if self.logits_norm is not None else [])
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new, freshly initialised classifier (and logits norm) for ``num_classes``."""
-        old = self.fc
-        self.fc = nn.Linear(old.in_features, num_classes).to(old.weight)
-        self.logits_norm = new_logits_norm(self._norm, num_classes, old.weight)
-        apply_norm_init(self.fc, self._norm, "resnet", self._variant)
+    def _init_classifier(self, fc: nn.Linear) -> None:
+        pass  # PyTorch's default Linear init, as at construction
 
     def _make_stage(self, block: type, planes: int, blocks: int, stride: int, norm: NormSpec,
                     variant: str, shortcut: str, block_index: Iterator[int]) -> nn.Sequential:
@@ -224,16 +223,20 @@ class ResNet(nn.Module):
             self.inplanes = out_planes
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.min_input_size, type(self).__name__)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x, self.min_input_size, type(self).__name__)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for i in range(1, self.num_stages + 1):
-            x = getattr(self, f"layer{i}")(x)
-        x = torch.flatten(self.avgpool(x), 1)
-        x = self.fc(x)
-        if self.logits_norm is not None:
-            x = self.logits_norm(x)
+            stage = getattr(self, f"layer{i}")
+            if self.grad_checkpointing:
+                for block in stage:
+                    x = self._run(block, x)
+            else:
+                x = stage(x)
         return x
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(x), 1)
 
 
 _HE = "He, Zhang, Ren & Sun, CVPR 2016, arXiv:1512.03385"

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..norms import NormSpec, get_norm
 from ..registry import ArchSpec, register_arch
-from ._common import apply_norm_init, new_logits_norm, check_input
+from ._common import ZooNet, apply_norm_init, check_input
 
 torch.fx.wrap("check_input")
 
@@ -31,7 +31,7 @@ VGG_CONFIGS = {
 }
 
 
-class VGG(nn.Module):
+class VGG(ZooNet):
     """VGG with any registered norm after each conv.
 
     ``variant="imagenet"`` pools the features to 7x7 (inputs >= 64); ``"cifar"`` feeds the
@@ -49,8 +49,11 @@ class VGG(nn.Module):
         self._norm, self._variant = norm, variant
         layers: list[nn.Module] = []
         channels = 3
+        self.feature_info = []
         for v in config:
-            if v == "M":
+            if v == "M":  # a stage ends at the ReLU before each pool
+                self.feature_info.append({"module": f"features.{len(layers) - 1}",
+                                          "num_chs": channels, "reduction": 2 ** len(self.feature_info)})
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 continue
             layers.append(nn.Conv2d(channels, v, kernel_size=3, padding=1))
@@ -65,9 +68,11 @@ class VGG(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(channels * pool * pool, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
             nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, num_classes),
+            nn.Linear(4096, num_classes) if num_classes else nn.Identity(),
         )
-        self.logits_norm = norm.logits_norm(num_classes) if norm.logits_norm else None
+        self.num_features = 4096
+        self.logits_norm = norm.logits_norm(num_classes) if norm.logits_norm and num_classes else None
+        self._classifier, self._family = f"classifier.{len(self.classifier) - 1}", "vgg"
 
         # Only the VGG's own layers: norms (ILM has Linear layers) initialise themselves.
         for m in self.features:
@@ -80,27 +85,26 @@ class VGG(nn.Module):
                 nn.init.zeros_(m.bias)
         apply_norm_init(self, norm, "vgg", variant)
 
-    def head_names(self) -> list[str]:
-        """The modules ``reset_classifier`` replaces: what a linear probe trains."""
-        return [f"classifier.{len(self.classifier) - 1}"] + (
-            ["logits_norm"] if self.logits_norm is not None else [])
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new, freshly initialised last Linear (and logits norm) for ``num_classes``."""
-        old = self.classifier[-1]
-        fc = nn.Linear(old.in_features, num_classes).to(old.weight)
+    def _init_classifier(self, fc: nn.Linear) -> None:
         nn.init.normal_(fc.weight, 0, 0.01)
         nn.init.zeros_(fc.bias)
-        apply_norm_init(fc, self._norm, "vgg", self._variant)
-        self.classifier[-1] = fc
-        self.logits_norm = new_logits_norm(self._norm, num_classes, old.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.min_input_size, type(self).__name__)
-        x = torch.flatten(self.avgpool(self.features(x)), 1)
-        x = self.classifier(x)
-        if self.logits_norm is not None:
-            x = self.logits_norm(x)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x, self.min_input_size, type(self).__name__)
+        if not self.grad_checkpointing:
+            return self.features(x)
+        start = 0
+        for stage in self.feature_info:  # the stages' runs of layers, each with its pool
+            end = int(stage["module"].split(".")[1]) + 2
+            x = self._run(self.features[start:end], x)
+            start = end
+        return x
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled map through all but the last Linear: timm's VGG pre-logits, 4096 wide."""
+        x = torch.flatten(self.avgpool(x), 1)
+        for layer in self.classifier[:-1]:
+            x = layer(x)
         return x
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["group_count", "fp32_statistics", "statistics_dtype", "channel_affine",
+__all__ = ["group_count", "fp32_statistics", "statistics_dtype", "tracing", "channel_affine",
            "channel_sums"]
 
 
@@ -45,10 +45,22 @@ def fp32_statistics(forward):
 
     @functools.wraps(forward)
     def wrapped(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            # FX symbolic tracing (torchvision's create_feature_extractor): the layer becomes
+            # one call of the module in the graph, as torch.nn's own layers do, since its
+            # shape checks and fused kernels do not trace and autocast needs a real device.
+            return x.tracer.create_proxy("call_module", x.tracer.path_of_module(self), (x,), {})
         with torch.autocast(device_type=x.device.type, enabled=False):
             return forward(self, x)
 
     return wrapped
+
+
+def tracing() -> bool:
+    """Whether torch.compile or torch.export is tracing: they take no out= variants of ops
+    whose arguments require grad, so layers write into a fresh tensor then."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
 
 
 def channel_affine(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .common import channel_affine, fp32_statistics, group_count, statistics_dtype
+from .common import channel_affine, fp32_statistics, group_count, statistics_dtype, tracing
 
 __all__ = ["ILMNorm"]
 
@@ -187,8 +187,10 @@ class _ILMNormFunction(torch.autograd.Function):
         rstd = var.add(eps).rsqrt_()
 
         # y is one per-(n, c) affine pass (batch_norm's eval kernel on an (1, N*C, H*W) view),
-        # written into z's buffer (a fresh large tensor costs page faults).
+        # written into z's buffer in eager mode (a fresh large tensor costs page faults);
+        # torch.compile / torch.export get a new tensor, as out= variants do not trace.
         rows = (1, n * c, h * w)
+        out = None if tracing() else z.view(rows)
         if x.dtype == dtype:
             # From z: y = z * z_scale + z_shift with x - mean = z / fine_rstd + fine_mean - mean,
             # accurate even when |mean| >> std, where the fold x * a + (bias - mean * a) that
@@ -203,16 +205,17 @@ class _ILMNormFunction(torch.autograd.Function):
             else:
                 offset = (fine_mean.view(fine_shape) - mean.unsqueeze(2)) * rstd.unsqueeze(2)
                 z_shift = torch.addcmul(bias.view(channel_shape), weight_4d, offset.unsqueeze(3))
-            channel_affine(z.view(rows), z_scale.new_zeros(n * c), z_scale.reshape(-1),
-                           z_shift.reshape(-1), out=z.view(rows))
+            y = channel_affine(z.view(rows), z_scale.new_zeros(n * c), z_scale.reshape(-1),
+                               z_shift.reshape(-1), out=out)
         else:
             # From x, rounded once to x's low precision; the fold's float32 cancellation,
             # ~1e-7 |mean| / std, stays far below bf16's 4e-3.
             group_shape = (n, c // group, group)
-            channel_affine(x.view(rows), mean.unsqueeze(2).expand(group_shape).reshape(-1),
-                           (weight.view(group_shape) * rstd.unsqueeze(2)).view(-1),
-                           bias.view(-1), out=z.view(rows))
-        y = z  # not a view of it: autograd forbids in-place ops (ReLU) on a Function's views
+            y = channel_affine(x.view(rows), mean.unsqueeze(2).expand(group_shape).reshape(-1),
+                               (weight.view(group_shape) * rstd.unsqueeze(2)).view(-1),
+                               bias.view(-1), out=out)
+        # Not a view: autograd forbids in-place ops (the ReLU after) on a Function's views.
+        y = z if out is not None else y.view(x.shape).clone()
 
         ctx.sizes = fine, key, group, count
         ctx.save_for_backward(x, encoder_weight, gain_weight, shift_weight, key_stats, codes,
