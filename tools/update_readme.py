@@ -48,24 +48,47 @@ def _known(value) -> str:
     return "" if value is None else str(value)
 
 
+def _with_error(top1, num_images) -> str:
+    """A top-1 figure with its binomial standard error, sqrt(p (1 - p) / n), in points."""
+    if top1 is None:
+        return ""
+    if not num_images:
+        return str(top1)
+    p = top1 / 100
+    return f"{top1} ± {100 * (p * (1 - p) / num_images) ** 0.5:.1f}"
+
+
+def _val_images(recipe: dict):
+    from train.recipes import RECIPES
+
+    known = RECIPES.get(recipe.get("name"))
+    return known.val_images if known else None
+
+
 def weights_section() -> str:
     from zoo.weights import load_manifest
 
-    lines = ["| weights | test top-1 % | top-5 % | measured on | val top-1 % | epochs | train img/s "
-             "| paper's full-schedule figure | params | GMACs | file | recipe |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in load_manifest(zoo.weights.MANIFEST_PATH)["weights"]:
+    entries = load_manifest(zoo.weights.MANIFEST_PATH)["weights"]
+    norms = zoo.list_norms()
+    # Same architecture together, the longest recipe first, methods in the registry's order.
+    entries.sort(key=lambda e: (e["architecture"], -(e["recipe"]["epochs"] or 0),
+                                norms.index(e["norm"])))
+    lines = ["| weights | test top-1 % | top-5 % | measured on | val top-1 % | epochs | minutes "
+             "| train img/s | paper's full-schedule figure | params | GMACs | file | recipe |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
         m, r = e["metrics"], e["recipe"]
         lines.append(
-            f"| `{e['name']}`{' (default)' if e['default'] else ''} | {m['top1']} | {m['top5']} | "
-            f"{m['split']} | {_known(r['val_top1'])} | {_known(r['epochs'])} | {_known(r['img_per_s'])} | "
+            f"| `{e['name']}`{' (default)' if e['default'] else ''} | "
+            f"{_with_error(m['top1'], m['num_images'])} | {m['top5']} | {m['split']} | "
+            f"{_with_error(r['val_top1'], _val_images(r))} | {_known(r['epochs'])} | "
+            f"{_known(r['minutes'])} | {_known(r['img_per_s'])} | "
             f"{PAPER_FIGURES.get((e['model'], e['dataset']), '—')} | "
             f"{e['num_params'] / 1e6:.2f} M | {e['gmacs']} | {e['size_bytes'] / 2**20:.1f} MiB"
             f"{', shipped' if e['shipped'] else ''} | `{r['command']}` at {r['commit'][:10]} |")
     if len(lines) == 2:
         return "No weights are published yet."
-    notes = [f"- `{e['name']}`: {e['notes']}" for e in load_manifest(zoo.weights.MANIFEST_PATH)["weights"]
-             if e["notes"]]
+    notes = [f"- `{e['name']}`: {e['notes']}" for e in entries if e["notes"]]
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
