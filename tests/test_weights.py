@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
+import torchvision.transforms.v2
 
 import zoo
 import zoo.hub
@@ -200,8 +202,14 @@ def test_every_way_to_name_manifest_weights(bn_ckpt, manifest, tmp_path):
     assert zoo.get_weight("resnet20_bn.cifar10").fetch(progress=False) == shipped
 
     enum_cls = zoo.get_model_weights("resnet20_bn")
-    assert issubclass(enum_cls, enum.Enum)
+    assert issubclass(enum_cls, torchvision.models.WeightsEnum)
     assert enum_cls.DEFAULT.value == enum_cls.CIFAR10.value == zoo.get_weight("resnet20_bn.cifar10")
+    # torchvision's member API, delegated to Weights (the README's "Pretrained weights" use)
+    assert enum_cls.DEFAULT.meta["metrics"] == METRICS and enum_cls.DEFAULT.url is None
+    assert isinstance(enum_cls.DEFAULT.transforms(), torchvision.transforms.v2.Compose)
+    assert enum_cls.DEFAULT.tag == "cifar10" and enum_cls.DEFAULT.fetch(progress=False) == shipped
+    assert enum_cls.verify("CIFAR10") is enum_cls.verify(enum_cls.DEFAULT) is enum_cls.DEFAULT
+    torch.testing.assert_close(enum_cls.DEFAULT.get_state_dict(progress=False), model.state_dict())
     folder = zoo.hub.build_folder("resnet20_bn.cifar10", tmp_path / "hub-folder", progress=False)
     assert json.loads((folder / "config.json").read_text())["label_names"] == CIFAR10_CLASSES
 

@@ -253,6 +253,17 @@ class Weights:
         return self.entry["tag"]
 
     @property
+    def url(self) -> Optional[str]:
+        """Where the file is published: its Hub URL at the pinned commit, else the mirror URL
+        (None when it is not published)."""
+        if self.entry["revision"] != UNPUBLISHED:
+            from huggingface_hub import hf_hub_url
+
+            return hf_hub_url(self.entry["hub_repo_id"], self.entry["filename"],
+                              revision=self.entry["revision"])
+        return self.entry["mirror_url"]
+
+    @property
     def meta(self) -> dict:
         from .data import categories
 
@@ -304,9 +315,12 @@ def get_weight(name: str) -> Weights:
 
 
 def get_model_weights(model: str) -> type[enum.Enum]:
-    """The model's weights as an Enum, torchvision style: ``get_model_weights("resnet20_ilm").CIFAR10``.
+    """The model's weights as a torchvision ``WeightsEnum``: ``get_model_weights("resnet20_ilm")``
+    has a member per tag (``.CIFAR10``) and ``DEFAULT``, an alias of the default entry.
 
-    ``DEFAULT`` is an alias of the default entry.
+    Members answer ``.meta``, ``.transforms()``, ``.url`` and ``verify`` as torchvision's do, and
+    the rest of :class:`Weights` (``.fetch()``, ``.tag``, ``.entry``); ``get_state_dict()``
+    reads the verified safetensors file (torchvision's would unpickle a download).
     """
     from .registry import parse_model_name
 
@@ -316,7 +330,23 @@ def get_model_weights(model: str) -> type[enum.Enum]:
     if default is not None:
         members["DEFAULT"] = default
     camel = "".join(p.capitalize() for p in f"{arch}_{norm}".split("_"))
-    return enum.Enum(f"{camel}_Weights", members)
+    return _weights_enum()(f"{camel}_Weights", members)
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_enum() -> type[enum.Enum]:
+    from torchvision.models import WeightsEnum  # imported on use: torchvision is slow to import
+
+    class NormZooWeightsEnum(WeightsEnum):
+        def get_state_dict(self, progress: bool = True, **unused) -> dict[str, torch.Tensor]:
+            return self.value.get_state_dict(progress=progress)
+
+        def __getattr__(self, attr: str):
+            if attr.startswith("_"):  # Enum's own machinery, never Weights'
+                raise AttributeError(attr)
+            return getattr(self.value, attr)
+
+    return NormZooWeightsEnum
 
 
 def weights_of(model: str) -> list[Weights]:
