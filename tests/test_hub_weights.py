@@ -163,6 +163,38 @@ def _files_under(root: Path, locks: bool = True) -> list[Path]:
 # 1. The Hub download path, the cache, and offline use
 
 
+def test_hf_hub_prefix_loads_pinned_and_unpinned_repos_and_offline(tmp_path, monkeypatch,
+                                                                    artifacts, hub):
+    """weights="hf-hub:owner/name[@revision]": a repo in the manifest is its pinned, sha256-
+    verified entry; any other repo's model.safetensors is checked against its own metadata
+    and logged as not pinned; the HF cache serves it offline."""
+    manifest = _make_manifest(tmp_path, monkeypatch, artifacts["ckpt"], published=True)
+    other = "someone/r20-gn-finetune"
+    other_commit = "fedcba9876543210fedcba9876543210fedcba98"
+    hub.files[(REPO_ID, COMMIT, FILENAME)] = artifacts["bytes"]
+    hub.files[(other, other_commit, FILENAME)] = artifacts["bytes"]
+    env = _env(manifest, tmp_path, hub.url)
+    proc = _run(f"""
+        print(json.dumps([load("hf-hub:{REPO_ID}"), load("hf-hub:{REPO_ID}@{COMMIT}"),
+                          load("hf-hub:{other}@{other_commit}"),
+                          load("hf-hub:someone/missing@{other_commit}"), load("{other}"),
+                          load("hf-hub:{other}@")]))
+    """, env, artifacts["ref"], tmp_path)
+    pinned, pinned_at, unpinned, missing, bare, empty_revision = _result(proc)
+    assert pinned == pinned_at == unpinned == {"ok": True, "equal": True}
+    assert _gets(hub, _resolve_path()) == 1  # the second pinned load came from the cache
+    assert proc.stderr.count("is not in NormZoo's manifest, so no sha256 pins it") == 1
+    assert missing["error"].startswith(f"could not get {FILENAME} of hf-hub:someone/missing@")
+    assert f"write weights='hf-hub:{other}'" in bare["error"]
+    assert "is not 'hf-hub:owner/name' or 'hf-hub:owner/name@revision'" in empty_revision["error"]
+
+    hub.stop()
+    offline = _run(f'print(json.dumps(load("hf-hub:{other}@{other_commit}")))',
+                   _env(manifest, tmp_path, hub.url, offline=True), artifacts["ref"], tmp_path)
+    assert _result(offline) == {"ok": True, "equal": True}
+
+
+
 def test_hub_download_then_cache_then_offline_cold(tmp_path, monkeypatch, artifacts, hub):
     manifest = _make_manifest(tmp_path, monkeypatch, artifacts["ckpt"], published=True)
     entry = load_manifest(manifest)["weights"][0]

@@ -136,7 +136,7 @@ def create_model(
     arch = get_arch(arch_name)
     spec: NormSpec = get_norm(norm if norm is not None else name_norm)
     full_name = f"{arch.name}_{spec.name}"
-    source = resolve_weights(full_name, weights, pretrained)
+    source = resolve_weights(full_name, weights, pretrained, progress)
     build_classes = num_classes
     if source is not None:
         # Build what the checkpoint was trained as; a different num_classes gets a new head.

@@ -16,6 +16,7 @@ nothing on the load path unpickles.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import enum
@@ -362,12 +363,13 @@ def _tags_of(model: str) -> list[str]:
 _PRETRAINED_SAID: set[str] = set()
 
 
-def resolve_weights(model: str, weights: Any, pretrained: bool) -> Union[None, Weights, Path]:
+def resolve_weights(model: str, weights: Any, pretrained: bool,
+                    progress: bool = True) -> Union[None, Weights, Path]:
     """What ``create_model(model, weights=..., pretrained=...)`` asks for.
 
     ``None``; a :class:`Weights`; or a local ``Path`` (a file, or a folder holding
     ``model.safetensors``). ``weights`` may be ``"DEFAULT"``, a tag, ``"model.tag"``, a
-    Weights object or Enum member, or a path.
+    Weights object or Enum member, ``"hf-hub:owner/name[@revision]"``, or a path.
     """
     if isinstance(weights, enum.Enum):
         weights = weights.value
@@ -387,10 +389,14 @@ def resolve_weights(model: str, weights: Any, pretrained: bool) -> Union[None, W
         return None
     if isinstance(weights, Weights):
         found = weights
+    elif isinstance(weights, str) and weights.startswith(HF_HUB_PREFIX):
+        return _from_hub_ref(weights[len(HF_HUB_PREFIX):], progress)
     elif isinstance(weights, os.PathLike) or (isinstance(weights, str) and _looks_like_path(weights)):
         path = Path(weights).expanduser()
         if not path.exists():
-            raise WeightsError(f"weights file {path} does not exist")
+            hint = (f"; for a Hugging Face Hub repo write weights='{HF_HUB_PREFIX}{weights}'"
+                    if isinstance(weights, str) and _HUB_REPO_ID.fullmatch(weights) else "")
+            raise WeightsError(f"weights file {path} does not exist{hint}")
         return path
     elif isinstance(weights, str):
         available = weights_of(model)
@@ -416,6 +422,38 @@ def resolve_weights(model: str, weights: Any, pretrained: bool) -> Union[None, W
         raise WeightsError(f"weights {found.name!r} are for {found.model}, not {model}; "
                            f"use create_model({found.model!r}, weights={found.name!r})")
     return found
+
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def _from_hub_ref(ref: str, progress: bool) -> Union[Weights, Path]:
+    """``owner/name[@revision]`` on the Hub: the manifest's entry for that repo (then fetched
+    and sha256-verified as usual), or else the repo's model.safetensors through
+    ``hf_hub_download`` (the HF cache serves it offline), checked only against its own
+    metadata by create_model, and logged as not pinned."""
+    from huggingface_hub import hf_hub_download
+
+    repo_id, at, revision = ref.partition("@")
+    if not _HUB_REPO_ID.fullmatch(repo_id) or (at and not revision):
+        raise WeightsError(f"{HF_HUB_PREFIX}{ref} is not '{HF_HUB_PREFIX}owner/name' or "
+                           f"'{HF_HUB_PREFIX}owner/name@revision'")
+    path = manifest_path()
+    for entry in load_manifest(path)["weights"]:
+        if entry["hub_repo_id"] == repo_id and revision in ("", entry["revision"]):
+            _log.info("%s%s is %s in NormZoo's manifest: verified by its sha256",
+                      HF_HUB_PREFIX, ref, entry["name"])
+            return Weights(entry, path.parent)
+    try:
+        with _progress_bars(progress):
+            file = Path(hf_hub_download(repo_id, HUB_FILENAME, revision=revision or None,
+                                        library_name="normzoo"))
+    except Exception as err:  # HTTP, connection (httpx or requests) and cache errors alike
+        raise WeightsError(f"could not get {HUB_FILENAME} of {HF_HUB_PREFIX}{ref}: "
+                           f"{_first_line(err)}") from None
+    _log.warning("%s%s is not in NormZoo's manifest, so no sha256 pins it: loaded %s, checked "
+                 "against its own metadata only", HF_HUB_PREFIX, ref, file)
+    return file
 
 
 def _looks_like_path(text: str) -> bool:
@@ -747,8 +785,6 @@ def _verified(path: Path, entry: Mapping, tried: list[str], what: str) -> bool:
 
 def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
-                                       enable_progress_bars)
 
     e = w.entry
     where = f"Hugging Face Hub {e['hub_repo_id']}@{e['revision'][:12]}"
@@ -765,10 +801,7 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
     if constants.HF_HUB_OFFLINE:
         tried.append(f"{where}: not in the cache and HF_HUB_OFFLINE is set")
         return None
-    was_disabled = are_progress_bars_disabled()
-    if not progress:
-        disable_progress_bars()
-    try:
+    with _progress_bars(progress):
         for _ in range(2):  # a bad download is removed and tried once more
             try:
                 path = Path(hf_hub_download(e["hub_repo_id"], e["filename"], revision=e["revision"],
@@ -780,10 +813,23 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
                 return path
             if not _remove_hub_file(path, tried):
                 return None
-    finally:
-        if not progress and not was_disabled:
-            enable_progress_bars()
     return None
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """huggingface_hub's download bars on or off (``progress``) for the block."""
+    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
+                                       enable_progress_bars)
+
+    was_disabled = are_progress_bars_disabled()
+    if not enabled:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            enable_progress_bars()
 
 
 def _remove_hub_file(pointer: Path, tried: list[str]) -> bool:
