@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -453,6 +454,58 @@ def test_publish_uploads_the_folder_tags_and_pins(tmp_path, monkeypatch, artifac
 
     assert (entry["revision"], entry["hub_repo_id"]) == (FAKE_OID, "someone/rn20-gn")
     assert zoo.get_weight(NAME).entry["revision"] == FAKE_OID
+
+
+def test_push_to_hub_publishes_a_users_own_checkpoint(tmp_path, monkeypatch, artifacts):
+    """A fine-tune that is in no manifest: model or file, with or without measured figures;
+    the card's model-index reads back through huggingface_hub; the manifest is untouched."""
+    from huggingface_hub import ModelCard
+
+    manifest = _make_manifest(tmp_path, monkeypatch, artifacts["ckpt"], ship=True)
+    before = manifest.read_bytes()
+    calls = []
+    monkeypatch.setattr(zoo.hub, "HfApi", _fake_api(calls))
+    monkeypatch.setattr(zoo.hub, "get_token", lambda: None)
+    model = zoo.create_model(MODEL, num_classes=100)
+    with pytest.raises(WeightsError, match="no Hugging Face token"):
+        zoo.push_to_hub(model, "someone/r20-gn-c100")
+    assert calls == []
+
+    monkeypatch.setattr(zoo.hub, "get_token", lambda: "hf_fake_token")
+    scratch = tmp_path / "scratch"  # where push_to_hub's temporary folder goes, and goes away
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    result = zoo.push_to_hub(model, "someone/r20-gn-c100", private=True)
+    assert result == {"folder": None, "repo_id": "someone/r20-gn-c100", "revision": FAKE_OID}
+    assert [c[0] for c in calls] == ["init", "create_repo", "upload_folder", "create_tag"]
+    assert calls[1][1]["private"] is True
+    files = calls[2][1]["files"]
+    assert sorted(files) == ["README.md", "config.json", FILENAME]
+    assert json.loads(files["config.json"])["num_classes"] == 100
+    card = files["README.md"].decode()
+    assert "No metrics were measured for this checkpoint" in card
+    assert 'weights="hf-hub:someone/r20-gn-c100"' in card and "model-index" not in card
+    assert list(scratch.iterdir()) == [] and manifest.read_bytes() == before
+
+    measured = zoo.save_checkpoint(model, tmp_path / "ft.safetensors", tag="c100",
+                                   dataset="cifar100", metrics=METRICS, recipe=RECIPE)
+    zoo.push_to_hub(measured, "someone/r20-gn-c100")
+    readme = tmp_path / "README.md"
+    readme.write_bytes(calls[-2][1]["files"]["README.md"])
+    results = ModelCard.load(readme).data.eval_results
+    assert [(r.metric_name, r.metric_value, r.dataset_type, r.dataset_split) for r in results] == [
+        ("top-1 accuracy", METRICS["top1"], "cifar100", "test"),
+        ("top-5 accuracy", METRICS["top5"], "cifar100", "test")]
+    assert RECIPE["command"] in readme.read_text() and manifest.read_bytes() == before
+
+    assert zoo.hub.main(["publish", "--checkpoint", str(measured), "--repo-id", "someone/x",
+                         "--dry-run", "--out", str(tmp_path / "dry")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == ["README.md", "config.json",
+                                                                    FILENAME]
+    with pytest.raises(SystemExit) as exit_:
+        zoo.hub.main(["publish", "--checkpoint", str(measured)])
+    assert exit_.value.code == 2
+    assert len(calls) == 8 and manifest.read_bytes() == before
 
 
 def test_publish_without_token_and_dry_run_make_no_hub_call(tmp_path, monkeypatch, artifacts):

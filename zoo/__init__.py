@@ -25,11 +25,16 @@ __all__ = [
     "get_builder", "get_arch", "get_norm", "register_arch", "register_norm",
     "create_norm", "replace_norms", "prefers_channels_last", "attach_weight_mean",
     "get_weight", "list_weights", "get_model_weights", "save_checkpoint", "read_checkpoint",
-    "load_weights", "Weights", "WeightsError", "ArchSpec", "NormSpec", "__version__",
+    "load_weights", "Weights", "WeightsError", "ArchSpec", "NormSpec", "push_to_hub",
+    "__version__",
 ]
 
 
 def __getattr__(name: str):
+    if name == "push_to_hub":  # zoo.hub imports huggingface_hub: only when asked for
+        from .hub import push_to_hub
+
+        return push_to_hub
     # Builders such as ``zoo.resnet50_gn`` are made on first use from the registry.
     try:
         builder = get_builder(name)

@@ -6,6 +6,8 @@
                     ``zoo.weights.save_checkpoint`` (figures are computed, never typed)
     build NAME      the Hub-ready folder: model.safetensors, config.json, README.md
     publish NAME    build, upload in one commit, tag it, and pin the commit in the manifest
+    publish --checkpoint FILE --repo-id ID
+                    the same for your own checkpoint (zoo.hub.push_to_hub), no manifest
     check           every entry's file: sha256, size, strict load, num_params, GMACs
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -61,18 +64,26 @@ def _loaded_model(path: Path) -> nn.Module:
 
 
 def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
-               mirror_url: Optional[str] = None, previous: Optional[dict] = None) -> dict:
-    """A manifest entry for a checkpoint file; every figure is computed from the file."""
+               mirror_url: Optional[str] = None, previous: Optional[dict] = None,
+               measured: bool = True) -> dict:
+    """A manifest entry for a checkpoint file; every figure is computed from the file.
+
+    ``measured=False`` (a user's own checkpoint, never a manifest entry): metrics and the
+    recipe may be missing; they are then ``{}`` and unknown.
+    """
     from .norms import get_norm
 
     path = Path(path)
     meta = read_metadata(path)
-    missing = [k for k in ("name", "model", "tag", "metrics", "recipe", "preprocessing") if k not in meta]
-    if missing or not {"top1", "top5", "split", "num_images"} <= set(meta.get("metrics", {})) \
-            or not {"command", "commit"} <= set(meta.get("recipe", {})):
-        raise WeightsError(f"{path} lacks what a published checkpoint records (missing "
-                           f"{missing or 'metrics top1/top5/split/num_images or recipe command/commit'}); "
-                           f"save it with save_checkpoint(..., metrics=..., recipe=...)")
+    missing = [k for k in ("name", "model", "tag", "preprocessing") if k not in meta]
+    if missing:
+        raise WeightsError(f"{path} lacks NormZoo's metadata ({', '.join(missing)}); save it with "
+                           f"zoo.save_checkpoint or convert it with python -m zoo.convert")
+    has_metrics = {"top1", "top5", "split", "num_images"} <= set(meta.get("metrics", {}))
+    if measured and (not has_metrics or not {"command", "commit"} <= set(meta.get("recipe", {}))):
+        raise WeightsError(f"{path} lacks what a published checkpoint records (metrics "
+                           f"top1/top5/split/num_images and recipe command/commit); save it with "
+                           f"save_checkpoint(..., metrics=..., recipe=...)")
     model = _loaded_model(path)
     sha = sha256sum(path)
     republished = previous is not None and previous["sha256"] == sha
@@ -97,8 +108,9 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
         "num_params": sum(p.numel() for p in model.parameters()),
         "gmacs": count_gmacs(model, meta["preprocessing"]["input_size"]),
         "preprocessing": meta["preprocessing"],
-        "metrics": {k: meta["metrics"][k] for k in ("top1", "top5", "split", "num_images")},
-        "recipe": {k: meta["recipe"].get(k) for k in RECIPE_KEYS},
+        "metrics": ({k: meta["metrics"][k] for k in ("top1", "top5", "split", "num_images")}
+                    if has_metrics else {}),
+        "recipe": {k: meta.get("recipe", {}).get(k) for k in RECIPE_KEYS},
         "license": LICENSE,
         "paper": get_norm(meta["norm"]).paper,
         "default": False,
@@ -106,10 +118,11 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
     }
 
 
-def local_weights(path: Union[str, Path]) -> Weights:
-    """A checkpoint file that is in no manifest, as a Weights (for ``build_folder``)."""
+def local_weights(path: Union[str, Path], *, measured: bool = True) -> Weights:
+    """A checkpoint file that is in no manifest, as a Weights (for ``build_folder``);
+    ``measured=False`` accepts one without metrics or recipe (see ``make_entry``)."""
     path = Path(path)
-    entry = make_entry(path)
+    entry = make_entry(path, measured=measured)
     entry["shipped"] = path.name  # fetch() finds and verifies it next to itself
     return Weights(entry, path.parent)
 
@@ -209,27 +222,51 @@ def hub_config(w: Weights) -> dict:
 
 
 def model_card(w: Weights) -> str:
+    """The Hub model card: huggingface_hub's ModelCardData front matter, with a model-index
+    of the measured figures (``ModelCard.load(...).data.eval_results``), then usage, metrics,
+    recipe and references."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     from .norms import get_norm
     from .registry import get_arch
 
-    e, m = w.entry, w.entry["metrics"]
-    p = e["preprocessing"]
-    notes = f"## Notes\n\n{e['notes']}\n\n" if e["notes"] else ""
-    return f"""---
-library_name: pytorch
-license: {e['license']}
-pipeline_tag: image-classification
-tags:
-- image-classification
-- normzoo
-- {e['norm']}
-- {e['architecture']}
-datasets:
-- {e['dataset']}
-metrics:
-- accuracy
----
+    e, m, p = w.entry, w.entry["metrics"], w.entry["preprocessing"]
+    arxiv = re.findall(r"arXiv:(\d{4}\.\d{4,5})", e["paper"] or "")
+    results = [EvalResult(task_type="image-classification", dataset_type=e["dataset"],
+                          dataset_name=e["dataset"], dataset_split=m["split"],
+                          metric_type="accuracy", metric_name=f"top-{k} accuracy",
+                          metric_value=m[f"top{k}"]) for k in (1, 5)] if m else None
+    data = ModelCardData(
+        model_name=e["name"], library_name="pytorch", license=e["license"],
+        pipeline_tag="image-classification", datasets=[e["dataset"]], metrics=["accuracy"],
+        tags=["image-classification", "normzoo", e["norm"], e["architecture"],
+              *(f"arxiv:{a}" for a in arxiv)],
+        eval_results=results)
+    if m:
+        metrics = (f"| split | images | top-1 (%) | top-5 (%) |\n|---|---|---|---|\n"
+                   f"| {m['split']} | {m['num_images']} | {m['top1']} | {m['top5']} |")
+    else:
+        metrics = "No metrics were measured for this checkpoint: its metadata records none."
+    r = e["recipe"]
+    recipe = (f"```sh\n{r['command']}\n```\nat commit `{r['commit']}`." if r["command"]
+              else "Not recorded in the checkpoint.")
+    papers = "".join(f"\n- https://arxiv.org/abs/{a}" for a in arxiv)
+    notes = f"## Notes\n\n{e['notes']}\n\n" if e.get("notes") else ""
+    hub_ref = f"hf-hub:{e['hub_repo_id']}"
+    if any(x["sha256"] == e["sha256"] for x in load_manifest()["weights"]):  # NormZoo's own
+        usage = f"""import torch
+model = torch.hub.load("{GITHUB_REPO}", "{e['model']}", weights="{e['tag']}").eval()
 
+# or, with NormZoo installed (pip install git+https://github.com/{GITHUB_REPO}):
+import zoo
+model = zoo.create_model("{e['model']}", weights="{e['tag']}").eval()
+preprocess = zoo.get_weight("{e['name']}").transforms()  # PIL image or uint8 tensor -> input"""
+    else:
+        usage = f"""# pip install git+https://github.com/{GITHUB_REPO}
+import zoo
+model = zoo.create_model("{e['model']}", weights="{hub_ref}").eval()
+preprocess = zoo.weights.eval_transforms(model.config["preprocessing"])  # PIL/uint8 -> input"""
+    body = f"""
 # {e['name']}
 
 `{e['model']}` from [NormZoo](https://github.com/{GITHUB_REPO}): {get_arch(e['architecture']).title}
@@ -238,20 +275,12 @@ with {get_norm(e['norm']).title} (`{e['norm']}`), trained on {e['dataset']} ({e[
 ## Usage
 
 ```python
-import torch
-model = torch.hub.load("{GITHUB_REPO}", "{e['model']}", weights="{e['tag']}").eval()
-
-# or, with NormZoo installed (pip install git+https://github.com/{GITHUB_REPO}):
-import zoo
-model = zoo.create_model("{e['model']}", weights="{e['tag']}").eval()
-preprocess = zoo.get_weight("{e['name']}").transforms()  # PIL image or uint8 tensor -> input
+{usage}
 ```
 
 ## Metrics
 
-| split | images | top-1 (%) | top-5 (%) |
-|---|---|---|---|
-| {m['split']} | {m['num_images']} | {m['top1']} | {m['top5']} |
+{metrics}
 
 Parameters: {e['num_params']:,}; GMACs per image at {p['input_size'][1]}x{p['input_size'][2]}: {e['gmacs']}.
 Preprocessing: resize {p['resize'] or 'none'}, center crop {p['crop']}, {p['interpolation']},
@@ -259,17 +288,15 @@ mean {p['mean']}, std {p['std']}.
 
 {notes}## Recipe
 
-```sh
-{e['recipe']['command']}
-```
-at commit `{e['recipe']['commit']}`.
+{recipe}
 
 ## Citation
 
-{e['paper'] or 'See the NormZoo README for the method and architecture references.'}
+{e['paper'] or 'See the NormZoo README for the method and architecture references.'}{papers}
 
 File sha256: `{e['sha256']}`.
 """
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
 def publish(name: str, repo_id: Optional[str] = None, *, out: Union[str, Path, None] = None,
@@ -280,11 +307,7 @@ def publish(name: str, repo_id: Optional[str] = None, *, out: Union[str, Path, N
     when it was built in a temporary folder for the upload (removed afterwards).
     """
     w = get_weight(name)
-    repo_id = repo_id or w.entry["hub_repo_id"]
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise WeightsError(f"{repo_id!r} is not a Hub repo id ('owner/name'): {e}") from None
+    repo_id = _checked_repo_id(repo_id or w.entry["hub_repo_id"])
     if dry_run:  # the folder is the result: kept, in a new temporary folder unless out is given
         scratch = None if out is not None else Path(tempfile.mkdtemp(prefix="normzoo-hub-"))
         try:
@@ -294,10 +317,7 @@ def publish(name: str, repo_id: Optional[str] = None, *, out: Union[str, Path, N
                 shutil.rmtree(scratch)
             raise
         return {"folder": folder, "repo_id": repo_id, "revision": None}
-    token = get_token()
-    if not token:
-        raise WeightsError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then "
-                           "publish again (--dry-run builds the folder without one)")
+    token = _token()
     if out is not None:
         folder = build_folder(name, out)
         revision = _upload(w, folder, repo_id, token)
@@ -314,11 +334,65 @@ def publish(name: str, repo_id: Optional[str] = None, *, out: Union[str, Path, N
     return {"folder": folder, "repo_id": repo_id, "revision": revision}
 
 
-def _upload(w: Weights, folder: Path, repo_id: str, token: str) -> str:
+def push_to_hub(model_or_checkpoint: Union[nn.Module, str, Path], repo_id: str, *,
+                tag: str = "custom", private: bool = False, dry_run: bool = False,
+                out: Union[str, Path, None] = None) -> dict:
+    """Publish your own zoo model or checkpoint file (a fine-tune, say) to ``repo_id``.
+
+    The repo gets model.safetensors, config.json and a model card, in one commit, tagged.
+    The card's metrics come from the checkpoint's metadata (``save_checkpoint(...,
+    metrics=...)``), or it says none were measured. The token comes from huggingface_hub's
+    usual places (``HF_TOKEN``, ``hf auth login``). Load it back with
+    ``create_model(name, weights="hf-hub:<repo_id>")``. ``dry_run`` builds the folder
+    (into ``out``, else a temporary folder) without uploading. Returns ``{"folder",
+    "repo_id", "revision"}`` as :func:`publish` does; the manifest is not touched.
+    """
+    from .weights import _checkpoint_file, save_checkpoint
+
+    repo_id = _checked_repo_id(repo_id)
+    token = None if dry_run else _token()
+    scratch = Path(tempfile.mkdtemp(prefix="normzoo-hub-"))
+    try:
+        if isinstance(model_or_checkpoint, nn.Module):
+            path = save_checkpoint(model_or_checkpoint, scratch / "checkpoint" / HUB_FILENAME,
+                                   tag=tag)
+        else:
+            path = _checkpoint_file(model_or_checkpoint)
+        w = local_weights(path, measured=False)
+        w.entry["hub_repo_id"] = repo_id
+        folder = build_folder(w, Path(out) if out is not None else scratch / "hub",
+                              progress=False)
+        if dry_run:
+            return {"folder": folder, "repo_id": repo_id, "revision": None}
+        return {"folder": folder if out is not None else None, "repo_id": repo_id,
+                "revision": _upload(w, folder, repo_id, token, private=private)}
+    finally:
+        if not (dry_run and out is None):  # a dry run's temporary folder is its result
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _checked_repo_id(repo_id: str) -> str:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise WeightsError(f"{repo_id!r} is not a Hub repo id ('owner/name'): {e}") from None
+    return repo_id
+
+
+def _token() -> str:
+    token = get_token()
+    if not token:
+        raise WeightsError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then "
+                           "publish again (--dry-run builds the folder without one)")
+    return token
+
+
+def _upload(w: Weights, folder: Path, repo_id: str, token: str, private: bool = False) -> str:
     """Create the repo if needed, upload ``folder`` in one commit and tag it; the commit id."""
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        api.create_repo(repo_id, repo_type="model", exist_ok=True,
+                        **({"private": True} if private else {}))
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                                    commit_message=f"NormZoo {w.name} (sha256 "
                                                   f"{w.entry['sha256'][:16]})")
@@ -346,9 +420,13 @@ def main(argv=None) -> int:
     p = sub.add_parser("build", help="build the Hub-ready folder")
     p.add_argument("name")
     p.add_argument("--out", required=True)
-    p = sub.add_parser("publish", help="upload to the Hub and pin the commit in the manifest")
-    p.add_argument("name")
+    p = sub.add_parser("publish", help="upload to the Hub and pin the commit in the manifest; "
+                                         "or, with --checkpoint, publish your own file")
+    p.add_argument("name", nargs="?", help="a manifest name, e.g. resnet20_bn.cifar10")
+    p.add_argument("--checkpoint", help="your own checkpoint file instead (needs --repo-id; "
+                                        "the manifest is not touched)")
     p.add_argument("--repo-id")
+    p.add_argument("--private", action="store_true", help="with --checkpoint: a private repo")
     p.add_argument("--out", help="where to build the folder (default: a temporary folder)")
     p.add_argument("--dry-run", action="store_true", help="build the folder only")
     sub.add_parser("check", help="recompute every entry's file figures")
@@ -365,10 +443,19 @@ def main(argv=None) -> int:
         elif args.command == "build":
             print(build_folder(args.name, args.out))
         elif args.command == "publish":
-            r = publish(args.name, args.repo_id, out=args.out, dry_run=args.dry_run)
+            if (args.name is None) == (args.checkpoint is None):
+                parser.error("publish takes a manifest name or --checkpoint FILE (one of them)")
+            if args.checkpoint:
+                if not args.repo_id:
+                    parser.error("publish --checkpoint needs --repo-id owner/name")
+                r = push_to_hub(args.checkpoint, args.repo_id, private=args.private,
+                                dry_run=args.dry_run, out=args.out)
+            else:
+                r = publish(args.name, args.repo_id, out=args.out, dry_run=args.dry_run)
             built = [f"built {r['folder']}"] if r["folder"] else []
             published = [] if args.dry_run else [
-                f"published {r['repo_id']}@{r['revision']} and pinned it in the manifest"]
+                f"published {r['repo_id']}@{r['revision']}" + ("" if args.checkpoint else
+                                                               " and pinned it in the manifest")]
             print("; ".join(built + published))
         else:
             problems = check_files()
