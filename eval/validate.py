@@ -26,6 +26,7 @@ import zoo  # noqa: E402
 from zoo.data import load_cifar  # noqa: E402
 from zoo.evaluate import (ImageNetVal, cifar_batches, evaluate, imagenet_loader,  # noqa: E402
                           rank_and_world, split_name)
+from zoo.progress import progress_bar  # noqa: E402
 from zoo.weights import WeightsError, default_preprocessing, eval_transforms, read_metadata  # noqa: E402
 
 COLUMNS = ("model", "weights", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size",
@@ -165,11 +166,11 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
     if model.config["num_classes"] != num_classes:
         raise ValueError(f"{name} with {model.config['weights']} has {model.config['num_classes']} "
                          f"classes but the data in {args.data} has {num_classes}")
-    bar = _bar(total, name, args)
-    result = evaluate(model, batches, device=args.device, amp=args.amp,
-                      channels_last=(zoo.prefers_channels_last(model) if args.channels_last is None
-                                     else args.channels_last), progress=bar.update)
-    bar.close()
+    with progress_bar(total, name, enabled=not args.no_progress and _rank() == 0) as bar:
+        result = evaluate(model, batches, device=args.device, amp=args.amp,
+                          channels_last=(zoo.prefers_channels_last(model)
+                                         if args.channels_last is None else args.channels_last),
+                          progress=bar.update)
     split = split_name(data_name, result.num_images)  # the images scored: unreadable ones are not
     if result.unreadable:
         paths = [str(data.samples[i][0]) for i in result.unreadable]
@@ -193,13 +194,6 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
             row["diff"] = round(result.top1 - recorded["top1"], 3)
             row["status"] = ("REGRESSION" if row["diff"] < -args.tolerance else "ok")
     return row
-
-
-def _bar(total, name, args):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=name, unit="img", leave=False,
-                disable=args.no_progress or not sys.stderr.isatty() or _rank() != 0)
 
 
 def _rank() -> int:

@@ -77,6 +77,7 @@ def test_demo_default_is_a_shipped_pretrained_model_scoring_its_recorded_figure(
     entry = zoo.get_weight("resnet20_bn.cifar10").entry
     assert entry["shipped"] and entry["default"]
     assert "weights resnet20_bn.cifar10" in result.stdout
+    assert "       from the copy shipped with NormZoo, " in result.stdout  # where they came from
     # The demo's own loop (the weights' preprocessing, argmax) re-measures the manifest figure.
     assert f"top-1: {entry['metrics']['top1']:.1f}% (" in result.stdout
     assert f"/{entry['metrics']['num_images']})" in result.stdout

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import zoo
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate, rank_and_world, split_name
+from zoo.progress import progress_bar
 from zoo.weights import (WeightsError, default_preprocessing, eval_transforms, git_commit,
                          new_head, sha256sum)
 
@@ -407,8 +408,6 @@ class Run:
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.recipe.amp)
 
     def train_epoch(self) -> dict:
-        from tqdm.auto import tqdm
-
         self.train_model.train()
         if self.args.freeze_backbone:  # a linear probe: the backbone's norm statistics stay as loaded
             self.model.eval()
@@ -418,8 +417,8 @@ class Run:
         correct = seen = 0
         start = tick = time.perf_counter()
         self.step_seconds = []  # per step, data included: eval/benchmark.py's train suite
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}",
-                   leave=False, disable=_rank() != 0 or not sys.stderr.isatty())
+        bar = progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}", unit="step",
+                           initial=self.step, enabled=_rank() == 0)
         for x, y in self.epoch_batches(self.epoch, self.step):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
@@ -458,8 +457,10 @@ class Run:
             return {}
         images, labels = self.val
         transform = eval_transforms(default_preprocessing(self.model))
-        result = evaluate(self.model, cifar_batches(images, labels, transform, 500),
-                          device=self.device, amp=self.recipe.amp, channels_last=self.args.channels_last)
+        with progress_bar(len(labels), "validation", enabled=_rank() == 0) as bar:
+            result = evaluate(self.model, cifar_batches(images, labels, transform, 500),
+                              device=self.device, amp=self.recipe.amp,
+                              channels_last=self.args.channels_last, progress=bar.update)
         return {"val_acc": result.top1, "val_top5": result.top5}
 
     def fit(self) -> Optional[dict]:
@@ -514,8 +515,10 @@ class Run:
         if self.dataset.startswith("cifar"):
             test = load_cifar(args.test_data or args.data, "test")
             transform = eval_transforms(default_preprocessing(self.model))
-            result = evaluate(self.model, cifar_batches(test.images, test.labels, transform, 500),
-                              device=self.device)
+            with progress_bar(len(test.labels), "test", enabled=_rank() == 0) as bar:
+                result = evaluate(self.model, cifar_batches(test.images, test.labels, transform,
+                                                            500),
+                                  device=self.device, progress=bar.update)
             metrics = {"top1": round(result.top1, 2), "top5": round(result.top5, 2),
                        "split": split_name(self.dataset, result.num_images),
                        "num_images": result.num_images}

@@ -8,6 +8,8 @@ run shows the model, its norm and weights, its predictions, its accuracy and its
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
@@ -56,8 +58,9 @@ def main(argv=None) -> int:
         weights = None  # nothing published for this model: show it untrained
     try:
         # Weights keep their own head: a new one for other data would score chance under their name.
-        model = zoo.create_model(args.model, weights=weights,
-                                 num_classes=None if weights else len(data.classes)).eval()
+        with _weights_source() as source:
+            model = zoo.create_model(args.model, weights=weights,
+                                     num_classes=None if weights else len(data.classes)).eval()
         if model.config["num_classes"] != len(data.classes):
             trained_on = _trained_on(model.config["weights"]) or "a dataset"
             raise ValueError(
@@ -75,6 +78,8 @@ def main(argv=None) -> int:
             f"UNTRAINED (seed {args.seed}; no weights published for it)")
     print(f"model: {cfg['name']} = {cfg['arch']} with norm {cfg['norm']!r} ({cfg['norm_rule']}), "
           f"{params / 1e6:.2f} M parameters, {what}")
+    if source:
+        print(f"       from {source[-1]}")
     print(f"data:  {args.data}, test split, {len(images)} images, {len(data.classes)} classes")
     # The weights' own evaluation preprocessing (the usual CIFAR one for an untrained model).
     preprocess = zoo.weights.eval_transforms(
@@ -98,6 +103,28 @@ def main(argv=None) -> int:
           + "), "
           f"{len(labels) / seconds:.0f} img/s on {torch.get_num_threads()} CPU threads")
     return 0
+
+
+@contextlib.contextmanager
+def _weights_source():
+    """The zoo logger's INFO lines while loading (where the weights came from), kept to be
+    printed once the run goes ahead."""
+    class Kept(logging.Handler):
+        lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage().split(": ", 1)[-1])  # without the name
+
+    handler = Kept(logging.INFO)
+    log = logging.getLogger("zoo")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield handler.lines
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _positive(text: str) -> int:

@@ -729,6 +729,7 @@ def _fetch(w: Weights, progress: bool) -> Path:
     if e["shipped"]:
         shipped = w.manifest_dir / e["shipped"]
         if shipped.is_file() and _verified(shipped, e, tried, "shipped copy"):
+            _log.info("%s: the copy shipped with NormZoo, %s (sha256 verified)", w.name, shipped)
             return shipped
         if not shipped.is_file():
             tried.append(f"shipped copy {shipped}: missing")
@@ -795,6 +796,7 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
         return None
     if isinstance(cached, str):
         if _verified(Path(cached), e, tried, "Hugging Face cache file"):
+            _log.info("%s: the Hugging Face cache, %s (sha256 verified)", w.name, cached)
             return Path(cached)
         if not _remove_hub_file(Path(cached), tried):
             return None  # hf_hub_download would hand back the same bad file
@@ -810,6 +812,8 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
                 tried.append(f"{where}: {_first_line(err)}")
                 return None
             if _verified(path, e, tried, "downloaded file"):
+                _log.info("%s: downloaded from the Hugging Face Hub, %s@%s, to %s (sha256 "
+                          "verified)", w.name, e["hub_repo_id"], e["revision"][:12], path)
                 return path
             if not _remove_hub_file(path, tried):
                 return None
@@ -858,12 +862,15 @@ def _from_mirror(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]
         # A good copy is never removed or replaced, so using one needs no lock (and works in a
         # read-only cache).
         if _verified(target, e, tried, "mirror cache file"):
+            _log.info("%s: NormZoo's mirror cache, %s (sha256 verified)", w.name, target)
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         # One process at a time removes a bad copy and downloads. It checks again under the
         # lock, as the process before it may have done just that.
         with FileLock(f"{target}.lock"):
             if _verified(target, e, [], "mirror cache file"):  # a bad copy is noted already
+                _log.info("%s: NormZoo's mirror cache, %s, as another process downloaded it "
+                          "(sha256 verified)", w.name, target)
                 return target
             target.unlink(missing_ok=True)
             return _download(w, target, progress, tried)
@@ -904,6 +911,8 @@ def _download(w: Weights, target: Path, progress: bool, tried: list[str]) -> Opt
                         bar.update(len(chunk))
             if _verified(tmp, w.entry, tried, f"mirror download {url}"):
                 os.replace(tmp, target)
+                _log.info("%s: downloaded from the mirror %s to %s (sha256 verified)", w.name,
+                          url, target)
                 return target
         finally:
             tmp.unlink(missing_ok=True)
