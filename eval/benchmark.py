@@ -299,7 +299,7 @@ def suite_inference(args, device, clock) -> list[dict]:
         x = torch.randn(batch, 3, size, size, device=device)
         inputs = {}
         for m, model in models.items():  # each in its norm's memory format
-            channels_last = zoo.prefers_channels_last(model)
+            channels_last = zoo.prefers_channels_last(model, training=False)
             model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             inputs[m] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         for dtype in DTYPES:

@@ -168,7 +168,7 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
                          f"classes but the data in {args.data} has {num_classes}")
     with progress_bar(total, name, enabled=not args.no_progress and _rank() == 0) as bar:
         result = evaluate(model, batches, device=args.device, amp=args.amp,
-                          channels_last=(zoo.prefers_channels_last(model)
+                          channels_last=(zoo.prefers_channels_last(model, training=False)
                                          if args.channels_last is None else args.channels_last),
                           progress=bar.update)
     split = split_name(data_name, result.num_images)  # the images scored: unreadable ones are not

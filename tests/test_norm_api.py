@@ -53,3 +53,16 @@ def test_replace_norms_keeps_a_zoo_models_config_true():
     cfg = model.config
     assert (cfg["name"], cfg["norm"], cfg["replaced_norms_from"]) == ("resnet20_gn", "gn", "bn")
     assert cfg["norm_rule"] == zoo.get_norm("gn").rule
+
+
+@pytest.mark.parametrize("name, training, evaluating", [
+    ("resnet20_bn", True, True), ("resnet20_gn", False, False), ("resnet20_ilm", False, False),
+    ("resnet20_l1bn", False, True), ("resnet20_linfbn", False, True), ("resnet20_bwn", True, True)])
+def test_memory_format_preference_for_training_and_for_eval(name, training, evaluating):
+    """Eval mode turns the L1 / top-k layers into BatchNorm's affine kernel: channels_last then
+    suits them as it suits BN; GroupNorm-style kernels stay contiguous either way."""
+    with torch.device("meta"):
+        model = zoo.create_model(name)
+    assert zoo.prefers_channels_last(model) is training
+    assert zoo.prefers_channels_last(model, training=False) is evaluating
+    assert zoo.prefers_channels_last(torch.nn.Conv2d(3, 3, 1), training=False) is True

@@ -63,6 +63,10 @@ class NormSpec:
     # GroupNorm-style kernels (gn, ilm; in, ln and ilm_in/ilm_ln follow them) and the L1 /
     # top-k layers train faster contiguous.
     channels_last: bool = True
+    # The same in eval mode, where it differs (None: as channels_last). In eval the L1 / top-k
+    # layers are BatchNorm's affine kernel, so convs set the format: channels_last (measured:
+    # eval/results/inference-format/, l1bn/linfbn 0.75-0.85x BN's img/s -> 0.99-1.05x).
+    eval_channels_last: Optional[bool] = None
 
     def structural_parts(self) -> list[str]:
         """The hooks that make this norm more than a per-slot layer (empty for ordinary norms)."""
@@ -123,11 +127,16 @@ def get_norm(name: str) -> NormSpec:
         ) from None
 
 
-def prefers_channels_last(model: nn.Module) -> bool:
-    """Whether a zoo model runs fastest in channels_last (its norm's measured preference);
-    other models: True, as for convs and BatchNorm."""
+def prefers_channels_last(model: nn.Module, training: bool = True) -> bool:
+    """Whether a zoo model trains (``training``) or evaluates fastest in channels_last, its
+    norm's measured preference; other models: True, as for convs and BatchNorm."""
     norm = (getattr(model, "config", None) or {}).get("norm")
-    return get_norm(norm).channels_last if norm in _NORMS else True
+    if norm not in _NORMS:
+        return True
+    spec = get_norm(norm)
+    if not training and spec.eval_channels_last is not None:
+        return spec.eval_channels_last
+    return spec.channels_last
 
 
 def _check_per_layer(spec: NormSpec, what: str) -> None:
@@ -290,6 +299,7 @@ register_norm(NormSpec(
     kwargs=dict(_BN_KWARGS),
     paper=_NM_PAPER,
     channels_last=False,
+    eval_channels_last=True,
 ))
 register_norm(NormSpec(
     name="linfbn",
@@ -299,6 +309,7 @@ register_norm(NormSpec(
     kwargs=dict(_BN_KWARGS),
     paper=_NM_PAPER,
     channels_last=False,
+    eval_channels_last=True,
 ))
 register_norm(NormSpec(
     name="topkbn",
@@ -308,6 +319,7 @@ register_norm(NormSpec(
     kwargs={"k": 10, **_BN_KWARGS},
     paper=_NM_PAPER,
     channels_last=False,
+    eval_channels_last=True,
 ))
 register_norm(NormSpec(
     name="lpbn",
