@@ -74,9 +74,9 @@ def test_demo_classifies_real_cifar_images(data_root):
 def test_demo_default_is_a_shipped_pretrained_model_scoring_its_recorded_figure(data_root):
     result = _demo(data_root=data_root)
     assert result.returncode == 0, result.stderr
-    entry = zoo.get_weight("resnet20_bn.cifar10").entry
+    entry = zoo.get_model_weights("resnet20_bn").DEFAULT.entry
     assert entry["shipped"] and entry["default"]
-    assert "weights resnet20_bn.cifar10" in result.stdout
+    assert f"weights {entry['name']}" in result.stdout
     assert "       from the copy shipped with NormZoo, " in result.stdout  # where they came from
     # The demo's own loop (the weights' preprocessing, argmax) re-measures the manifest figure.
     assert f"top-1: {entry['metrics']['top1']:.1f}% (" in result.stdout

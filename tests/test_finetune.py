@@ -35,11 +35,12 @@ def backbone(state: dict, model) -> dict:
 
 
 def test_shipped_cifar10_weights_fine_tune_on_cifar100(data_root, tmp_path, capsys):
-    shipped = load_file(zoo.get_weight("resnet20_bn.cifar10").fetch())
+    default = zoo.get_model_weights("resnet20_bn").DEFAULT
+    shipped = load_file(default.fetch())
     run = train.loop.Run(train.loop.parse_args(
         args("resnet20_bn", data_root, tmp_path / "r", "--weights", "DEFAULT", "--num-classes", 100)))
     printed = capsys.readouterr().out
-    assert "loaded resnet20_bn.cifar10" in printed and "new 100-class head" in printed
+    assert f"loaded {default.value.name}" in printed and "new 100-class head" in printed
     state = run.model.state_dict()
     kept = backbone(state, run.model)
     assert set(kept) == set(backbone(shipped, run.model)) and len(kept) == len(shipped) - 2

@@ -28,7 +28,7 @@ def test_a_short_piped_loop_and_a_disabled_one_say_nothing(capsys):
 
 def test_loading_says_where_the_weights_came_from(caplog):
     with caplog.at_level(logging.INFO, logger="zoo"):
-        zoo.create_model("resnet20_bn", weights="DEFAULT")
+        zoo.create_model("resnet20_bn", weights="cifar10")
     assert [r.getMessage() for r in caplog.records if "sha256 verified" in r.getMessage()] == [
         f"resnet20_bn.cifar10: the copy shipped with NormZoo, "
         f"{zoo.get_weight('resnet20_bn.cifar10').fetch()} (sha256 verified)"]
