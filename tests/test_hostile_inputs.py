@@ -1043,7 +1043,8 @@ def test_demo_refuses_weights_trained_on_other_data(data_root, capsys):
     cifar100 = data_root / "cifar100"
     rc, out, err = _demo(capsys, "--data", cifar100, "--limit", "10")
     assert rc == 2 and out == ""  # no figure printed under the pretrained weights' name
-    _one_error_line(err, "the weights resnet20_bn.cifar10 were trained on cifar10 (10 classes)",
+    default = zoo.get_model_weights("resnet20_bn").DEFAULT.value.name
+    _one_error_line(err, f"the weights {default} were trained on cifar10 (10 classes)",
                     f"{cifar100} holds 100-class data", "--weights none")
 
     rc, out, err = _demo(capsys, "--data", cifar100, "--limit", "10", "--weights", "none")
