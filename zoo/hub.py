@@ -32,8 +32,9 @@ try:  # huggingface_hub >= 1.0 passes its HTTP client's connection errors throug
 except ImportError:  # before 1.0 they were requests' errors, which are OSErrors
     _ClientError = OSError
 
-from .weights import (HUB_FILENAME, RECIPE_KEYS, UNPUBLISHED, Weights, WeightsError, get_weight,
-                      load_manifest, manifest_path, read_metadata, sha256sum, write_manifest)
+from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, Weights, WeightsError,
+                      get_weight, load_manifest, manifest_path, read_metadata, sha256sum,
+                      write_manifest)
 
 DEFAULT_ORG = "normzoo"
 GITHUB_REPO = "org/normzoo"
@@ -79,7 +80,7 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
     if missing:
         raise WeightsError(f"{path} lacks NormZoo's metadata ({', '.join(missing)}); save it with "
                            f"zoo.save_checkpoint or convert it with python -m zoo.convert")
-    has_metrics = {"top1", "top5", "split", "num_images"} <= set(meta.get("metrics", {}))
+    has_metrics = set(METRICS_KEYS) <= set(meta.get("metrics", {}))
     if measured and (not has_metrics or not {"command", "commit"} <= set(meta.get("recipe", {}))):
         raise WeightsError(f"{path} lacks what a published checkpoint records (metrics "
                            f"top1/top5/split/num_images and recipe command/commit); save it with "
@@ -108,8 +109,7 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
         "num_params": sum(p.numel() for p in model.parameters()),
         "gmacs": count_gmacs(model, meta["preprocessing"]["input_size"]),
         "preprocessing": meta["preprocessing"],
-        "metrics": ({k: meta["metrics"][k] for k in ("top1", "top5", "split", "num_images")}
-                    if has_metrics else {}),
+        "metrics": {k: meta["metrics"][k] for k in METRICS_KEYS} if has_metrics else {},
         "recipe": {k: meta.get("recipe", {}).get(k) for k in RECIPE_KEYS},
         "license": LICENSE,
         "paper": get_norm(meta["norm"]).paper,
