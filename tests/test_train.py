@@ -165,6 +165,8 @@ def test_for_model_applies_each_methods_requirements():
     mimic, why = for_model(tiny, "mimic")
     assert mimic.warmup_epochs >= 2 and len(why) == 1 and "warm-up" in why[0]
     assert for_model(RECIPES["mimic_cifar100"], "mimic") == (RECIPES["mimic_cifar100"], [])
+    # a warm-up set on the command line (--warmup-epochs) wins over mimic's own
+    assert for_model(tiny, "mimic", keep=("warmup_epochs",)) == (tiny, [])
 
     bwn, why = for_model(tiny, "bwn")
     assert bwn.weight_decay == 0 and any("no weight decay" in w for w in why)
@@ -197,6 +199,11 @@ def test_override_keeps_what_is_not_given():
     assert override(tiny, epochs=None, lr=None) is tiny
     changed = override(tiny, epochs=3, lr=0.5, batch_size=None, amp=True)
     assert (changed.epochs, changed.lr, changed.batch_size, changed.amp) == (3, 0.5, 32, True)
+    assert override(tiny, epochs=3, warmup_epochs=0.3).warmup_epochs == 0.3
+    for bad in (-0.1, 3.5, float("nan")):
+        with pytest.raises(ValueError, match=r"--warmup-epochs must be a number from 0 to the "
+                                             r"run's 3 epochs"):
+            override(tiny, epochs=3, warmup_epochs=bad)
 
 
 def test_param_groups_exempt_1d_params_unless_the_recipe_decays_them():

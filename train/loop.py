@@ -42,11 +42,11 @@ from .recipes import RECIPES, Recipe, for_model, get_recipe, override
 
 RESUME_HELP = (
     "continue from OUT/checkpoint.pt. The command must repeat the run's --model, --recipe and "
-    "its overrides (--epochs, --batch-size, --lr, --amp), --seed, --limit-train, data (the "
-    "dataset and its number of training images), --num-classes, --weights/--checkpoint (the "
-    "same weights), --freeze-backbone and memory format (--channels-last; by default the "
-    "run's own); a mismatch is refused. These may change: --data's path, --test-data, "
-    "--device, --workers, --compile, --sync-bn, --tag, --register")
+    "its overrides (--epochs, --batch-size, --lr, --warmup-epochs, --amp), --seed, "
+    "--limit-train, data (the dataset and its number of training images), --num-classes, "
+    "--weights/--checkpoint (the same weights), --freeze-backbone and memory format "
+    "(--channels-last; by default the run's own); a mismatch is refused. These may change: "
+    "--data's path, --test-data, --device, --workers, --compile, --sync-bn, --tag, --register")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the recipe")
     p.add_argument("--batch-size", type=int, help="override the recipe (global batch)")
     p.add_argument("--lr", type=float, help="override the recipe")
+    p.add_argument("--warmup-epochs", type=float,
+                   help="override the recipe's linear warm-up (and a method's own, e.g. mimic's)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="override the recipe's autocast (bf16 on CPU, fp16 on CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -143,7 +145,7 @@ CHECKPOINT_KEYS = {"epoch", "step", "model", "optimizer", "scheduler", "scaler",
                    "python_rng", "recipe", "model_name"}
 # The recipe's fields that have a flag; the others change only with the preset or the norm.
 RECIPE_FLAGS = {"name": "--recipe", "epochs": "--epochs", "batch_size": "--batch-size",
-                "lr": "--lr", "amp": "--amp"}
+                "lr": "--lr", "warmup_epochs": "--warmup-epochs", "amp": "--amp"}
 
 
 class Run:
@@ -152,9 +154,11 @@ class Run:
         self.out = Path(args.out)
         self.device = torch.device(args.device)
         arch, norm = zoo.parse_model_name(args.model)
-        base, self.adjustments = for_model(get_recipe(args.recipe), norm)
-        self.recipe = override(base, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               amp=args.amp)
+        overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                     "warmup_epochs": args.warmup_epochs, "amp": args.amp}
+        base, self.adjustments = for_model(
+            get_recipe(args.recipe), norm, keep=tuple(k for k, v in overrides.items() if v is not None))
+        self.recipe = override(base, **overrides)
         if args.limit_train is not None and args.limit_train < 1:
             raise ValueError(f"--limit-train must be at least 1, not {args.limit_train} (leave it "
                              f"out to train on every image)")

@@ -100,11 +100,12 @@ def get_recipe(name: str) -> Recipe:
         raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}") from None
 
 
-def for_model(recipe: Recipe, norm: str) -> tuple[Recipe, list[str]]:
-    """The recipe with the method's own requirements applied, and what was changed and why."""
+def for_model(recipe: Recipe, norm: str, keep: tuple[str, ...] = ()) -> tuple[Recipe, list[str]]:
+    """The recipe with the method's own requirements applied, and what was changed and why.
+    Fields in ``keep`` are set on the command line, which wins over the method's choice."""
     changes: dict = {}
     why: list[str] = []
-    if norm == "mimic" and recipe.warmup_epochs < 2:
+    if norm == "mimic" and recipe.warmup_epochs < 2 and "warmup_epochs" not in keep:
         changes["warmup_epochs"] = 2.0
         why.append("mimic: 2-epoch warm-up (the author's advice for stability); the weight-mean "
                    "projection is attached to the optimizer")
@@ -124,7 +125,7 @@ def for_model(recipe: Recipe, norm: str) -> tuple[Recipe, list[str]]:
 def override(recipe: Recipe, **values: Optional[object]) -> Recipe:
     """The recipe with command-line overrides (None means: keep). Values that cannot train
     are refused, named by their flag: epochs and batch size below 1, an lr that is not a
-    finite number above 0."""
+    finite number above 0, a warm-up that is negative or longer than the run."""
     changes = {k: v for k, v in values.items() if v is not None}
     for name, value in changes.items():
         flag = "--" + name.replace("_", "-")
@@ -132,4 +133,9 @@ def override(recipe: Recipe, **values: Optional[object]) -> Recipe:
             raise ValueError(f"{flag} must be a whole number of at least 1, not {value!r}")
         if name == "lr" and not (isinstance(value, (int, float)) and 0 < value < math.inf):
             raise ValueError(f"{flag} must be a finite number above 0, not {value!r}")
+    epochs = changes.get("epochs", recipe.epochs)
+    warmup = changes.get("warmup_epochs")
+    if warmup is not None and not (isinstance(warmup, (int, float)) and 0 <= warmup <= epochs):
+        raise ValueError(f"--warmup-epochs must be a number from 0 to the run's {epochs} epochs, "
+                         f"not {warmup!r}")
     return dataclasses.replace(recipe, **changes) if changes else recipe

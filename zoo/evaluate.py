@@ -9,6 +9,7 @@ padding, no overlap) and the counts are summed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -60,16 +61,23 @@ def shard(n: int) -> range:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable, *, device: Union[str, torch.device] = "cpu",
-             amp: bool = False, channels_last: bool = False,
+             amp: bool = False, channels_last: bool = False, batch_statistics: bool = False,
              progress: Optional[Callable[[int], None]] = None) -> EvalResult:
     """Top-1/top-5 counts of ``model`` over ``(images, labels, indices)`` batches.
 
     Labels < 0 mark images that could not be read: they are reported, not scored.
     ``amp`` autocasts to bfloat16 on CPU and float16 on CUDA. Counts are summed over all
-    ranks when ``torch.distributed`` is initialised.
+    ranks when ``torch.distributed`` is initialised. ``batch_statistics``: the norms that
+    keep running statistics normalise with each batch's own instead (as in training), on a
+    copy, so the model's running estimates stay as they are.
     """
     device = torch.device(device)
     model.eval().to(device)
+    if batch_statistics:
+        model = copy.deepcopy(model)
+        for module in model.modules():
+            if "running_mean" in module._buffers:
+                module.train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)

@@ -1,0 +1,67 @@
+"""eval/batch_sweep.py on a tiny subset: two methods, two batch sizes, a few steps each.
+
+Checks the files it writes and that it trains through the project's trainer; no timing or
+accuracy is asserted."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "eval"))
+import batch_sweep  # noqa: E402
+
+
+def sweep_args(data_root, tmp_path, *extra):
+    # test_tiny holds out 64 validation images after the 64-image subset
+    return ["--data", str(data_root / "cifar10"), "--recipe", "test_tiny", "--methods", "bn", "gn",
+            "--batch-sizes", "4", "16", "--train-images", "64", "--epochs", "2", "--jobs", "2",
+            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), *extra]
+
+
+def test_batch_sweep_writes_its_csv_plot_and_settings(data_root, tmp_path):
+    assert batch_sweep.main(sweep_args(data_root, tmp_path)) == 0
+    results = tmp_path / "results"
+    with open(results / "batch-sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == batch_sweep.COLUMNS
+    # both sizes are an end of the sweep: two seeds each
+    assert [(r["method"], r["batch_size"], r["seed"]) for r in rows] == [
+        (m, b, s) for m in ("bn", "gn") for b in ("4", "16") for s in ("0", "1")]
+    for r in rows:
+        assert r["images"] == "128" and r["epochs"] == "2"  # 64 images x 2 epochs in every cell
+        assert int(r["steps"]) * int(r["batch_size"]) == 128
+        assert 0 <= float(r["val_top1"]) <= 100 and float(r["val_top1_se"]) > 0
+        assert float(r["img_per_s"]) > 0 and float(r["train_loss"]) > 0
+        if r["method"] == "bn":  # batch statistics at the cell's batch size, full batches
+            assert 0 <= float(r["val_top1_batch_stats"]) <= 100
+            assert r["batch_stats_images"] == "64" and float(r["val_top1_batch_stats_se"]) > 0
+        else:  # GroupNorm keeps no running statistics: nothing to compare
+            assert r["val_top1_batch_stats"] == "" and r["batch_stats_images"] == "0"
+    assert (results / "batch-sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    settings = json.loads((results / "batch-sweep.json").read_text())
+    assert settings["train_images"] == 64 and settings["threads_per_cell"] >= 1
+
+    # each cell is a run of the trainer, with the lr scaled by batch and the same warm-up share
+    cell = json.loads((tmp_path / "runs" / "bn-b4-s1" / "recipe.json").read_text())
+    assert cell["recipe"]["lr"] == pytest.approx(0.05 * 4 / 32) and cell["seed"] == 1
+    assert cell["recipe"]["warmup_epochs"] == pytest.approx(0.5 / 2 * 2)
+    assert "--limit-train 128" in cell["command"]
+
+    # run again: every cell is done, so nothing trains and the same rows come back
+    before = (results / "batch-sweep.csv").read_text()
+    stamp = (tmp_path / "runs" / "gn-b16-s0" / "model.safetensors").stat().st_mtime_ns
+    assert batch_sweep.main(sweep_args(data_root, tmp_path)) == 0
+    assert (results / "batch-sweep.csv").read_text() == before
+    assert (tmp_path / "runs" / "gn-b16-s0" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((results / "batch-sweep.json").read_text())["invocations"] == 2
+
+
+def test_batch_sweep_refuses_a_subset_that_batch_sizes_do_not_divide(data_root, tmp_path, capsys):
+    assert batch_sweep.main(sweep_args(data_root, tmp_path, "--train-images", "60")) == 2
+    err = capsys.readouterr().err
+    assert "--train-images 60 is not a multiple of batch size 16" in err and "multiple of 16" in err
+    assert not (tmp_path / "runs").exists()
