@@ -218,6 +218,67 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def read(results: Path) -> tuple[list[dict], dict]:
+    """The committed sweep: its CSV rows (numbers parsed, blanks as None) and settings."""
+    with open(results / "batch-sweep.csv", newline="") as f:
+        rows = [{k: (v if k == "method" else None if v == "" else float(v) if "." in v else int(v))
+                 for k, v in row.items()} for row in csv.DictReader(f)]
+    return rows, json.loads((results / "batch-sweep.json").read_text())
+
+
+def _table(rows: list[dict], key: str, fmt, methods: list[str], sizes: list[int]) -> list[str]:
+    """Methods x batch sizes; a cell with several seeds shows their mean (and each seed)."""
+    lines = ["| method | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for method in methods:
+        cells = []
+        for b in sizes:
+            values = [r for r in rows if r["method"] == method and r["batch_size"] == b
+                      and r[key] is not None]
+            cells.append(fmt(values) if values else "")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _accuracy(key: str):
+    def fmt(values: list[dict]) -> str:
+        mean = statistics.mean(v[key] for v in values)
+        se = statistics.mean(v[key + "_se"] for v in values)
+        seeds = f" ({' / '.join(f'{v[key]:.1f}' for v in values)})" if len(values) > 1 else ""
+        return f"{mean:.1f} ± {se:.1f}{seeds}"
+    return fmt
+
+
+def readme_section(rows: list[dict], settings: dict) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sizes = sorted({r["batch_size"] for r in rows})
+    with_stats = [m for m in methods if any(r["method"] == m and r["val_top1_batch_stats"] is not None
+                                            for r in rows)]
+    lines = [
+        f"Measured with `{settings['command']}` at {settings['commit'][:10]}, on "
+        f"{settings['machine']}: {settings['jobs']} cells at a time, {settings['threads_per_cell']} "
+        f"thread(s) each, {settings['wall_minutes']} minutes of wall time. Every cell trains "
+        f"CIFAR-10 ResNet-20 from scratch with recipe `{settings['recipe']}` on the same first "
+        f"{settings['train_images']:,} training images for {settings['epochs']} epoch(s), "
+        f"lr {settings['lr']}, a linear warm-up over {100 * settings['warmup_fraction']:.0f}% of "
+        f"the cell: **a fixed budget of images, not converged accuracy** (the 55-epoch weights "
+        f"above reach 92%). Top-1 % on the {settings['val_images']:,} held-out images, ± its "
+        f"standard error; where two seeds ran, their mean and (each seed).",
+        "", "![val top-1 against batch size](eval/results/batch-sweep.png)", "",
+        "**Eval mode, as shipped** (running statistics for the batch norms):", ""]
+    lines += _table(rows, "val_top1", _accuracy("val_top1"), methods, sizes)
+    lines += ["", "**Batch statistics**: the same weights with their norms in train mode, on "
+              "validation batches of the cell's batch size (full batches only). The gap to eval "
+              "mode is what the running statistics cost or save at that batch:", ""]
+    lines += _table(rows, "val_top1_batch_stats", _accuracy("val_top1_batch_stats"), with_stats, sizes)
+    lines += ["", f"**Training speed**, img/s of one cell ({settings['threads_per_cell']} thread(s), "
+                  f"{settings['jobs']} cells at a time):", ""]
+    lines += _table(rows, "img_per_s", lambda v: f"{statistics.mean(x['img_per_s'] for x in v):.0f}",
+                    methods, sizes)
+    lines += ["", f"Every row: [eval/results/batch-sweep.csv](eval/results/batch-sweep.csv)."]
+    return "\n".join(lines)
+
+
 def machine() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -44,6 +44,8 @@ def test_batch_sweep_writes_its_csv_plot_and_settings(data_root, tmp_path):
     assert (results / "batch-sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     settings = json.loads((results / "batch-sweep.json").read_text())
     assert settings["train_images"] == 64 and settings["threads_per_cell"] >= 1
+    section = batch_sweep.readme_section(*batch_sweep.read(results))  # the README's tables
+    assert "| bn | " in section and "| gn | " in section and "batch 16" in section
 
     # each cell is a run of the trainer, with the lr scaled by batch and the same warm-up share
     cell = json.loads((tmp_path / "runs" / "bn-b4-s1" / "recipe.json").read_text())

@@ -104,7 +104,19 @@ def performance_section() -> str:
     return benchmark.readme_section(rows, header, "eval/results/benchmark-cpu.md")
 
 
-SECTIONS = {"naming": naming_section, "weights": weights_section, "performance": performance_section}
+def batch_sweep_section() -> str:
+    """From the committed run of eval/batch_sweep.py (eval/results/batch-sweep.*)."""
+    sys.path.insert(0, str(README.parent / "eval"))
+    import batch_sweep
+
+    results = README.parent / "eval" / "results"
+    if not (results / "batch-sweep.csv").is_file():
+        return "No sweep is committed yet: `python eval/batch_sweep.py --data ../shared/data/cifar10`."
+    return batch_sweep.readme_section(*batch_sweep.read(results))
+
+
+SECTIONS = {"naming": naming_section, "weights": weights_section, "performance": performance_section,
+            "batch-sweep": batch_sweep_section}
 
 
 def render(text: str) -> str:
