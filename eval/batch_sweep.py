@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 COLUMNS = ("method", "batch_size", "seed", "val_top1", "val_top1_se", "val_top1_batch_stats",
            "val_top1_batch_stats_se", "batch_stats_images", "train_loss", "img_per_s", "epochs",
-           "images", "steps", "minutes")
+           "images", "steps", "minutes", "status")
 METHODS = ("bn", "gn", "ilm", "l1bn", "linfbn", "mimic")
 BATCH_SIZES = (2, 4, 8, 16, 32, 128)
 
@@ -102,9 +103,15 @@ def train_command(args, recipe, method: str, batch: int, seed: int, resume: bool
 
 
 def run_cell(args, recipe, method: str, batch: int, seed: int, threads: int) -> dict:
-    """Train the cell (or continue it), score it with batch statistics, return its CSV row."""
+    """Train the cell (or continue it), score it with batch statistics, return its CSV row.
+    A cell whose loss becomes NaN or infinite is a result too: status "diverged at step N"."""
     folder = cell_dir(args, method, batch, seed)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    steps = args.train_images // batch * args.epochs
+    row = {"method": method, "batch_size": batch, "seed": seed, "epochs": args.epochs,
+           "images": steps * batch, "steps": steps}
+    if (folder / "diverged.json").is_file():  # the same seed diverges again: not retrained
+        return {**row, "status": json.loads((folder / "diverged.json").read_text())["status"]}
     if not (folder / "model.safetensors").is_file():
         resume = (folder / "checkpoint.pt").is_file()
         if folder.exists() and not resume:
@@ -114,8 +121,16 @@ def run_cell(args, recipe, method: str, batch: int, seed: int, threads: int) -> 
             done = subprocess.run(train_command(args, recipe, method, batch, seed, resume),
                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode:
-            raise RuntimeError(f"cell {folder.name} failed (exit {done.returncode}); its log: "
-                               f"{folder / 'train.log'}")
+            last = (folder / "train.log").read_text().strip().splitlines()[-1:]
+            diverged = re.search(r"loss is \S+ at epoch (\d+), step (\d+): the run diverged",
+                                 last[0] if last else "")
+            if not diverged:
+                raise RuntimeError(f"cell {folder.name} failed (exit {done.returncode}); its log: "
+                                   f"{folder / 'train.log'}")
+            epoch, step = map(int, diverged.groups())
+            status = f"diverged at step {(epoch - 1) * (steps // args.epochs) + step + 1}"
+            (folder / "diverged.json").write_text(json.dumps({"status": status}) + "\n")
+            return {**row, "status": status}
     if not (folder / "batch_stats.json").is_file() and keeps_running_statistics(method):
         score = [sys.executable, str(Path(__file__).resolve()), "--data", args.data,
                  "--train-images", str(args.train_images), "--recipe", recipe.name,
@@ -124,18 +139,15 @@ def run_cell(args, recipe, method: str, batch: int, seed: int, threads: int) -> 
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     scored = (json.loads((folder / "batch_stats.json").read_text())
               if keeps_running_statistics(method) else {"top1": None, "images": 0})
-    val_images = recipe.val_images
-    steps = args.train_images // batch
-    return {"method": method, "batch_size": batch, "seed": seed,
-            "val_top1": rows[-1]["val_acc"], "val_top1_se": round(standard_error(rows[-1]["val_acc"], val_images), 2),
+    val = rows[-1]["val_acc"]
+    return {**row, "val_top1": val, "val_top1_se": round(standard_error(val, recipe.val_images), 2),
             "val_top1_batch_stats": scored["top1"],
             "val_top1_batch_stats_se": None if scored["top1"] is None
             else round(standard_error(scored["top1"], scored["images"]), 2),
             "batch_stats_images": scored["images"],
             "train_loss": round(rows[-1]["train_loss"], 4),
             "img_per_s": round(statistics.median(r["img_per_s"] for r in rows), 1),
-            "epochs": len(rows), "images": steps * batch * len(rows), "steps": steps * len(rows),
-            "minutes": round(sum(r["seconds"] for r in rows) / 60, 2)}
+            "minutes": round(sum(r["seconds"] for r in rows) / 60, 2), "status": "ok"}
 
 
 def keeps_running_statistics(method: str) -> bool:
@@ -192,7 +204,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         for method in dict.fromkeys(r["method"] for r in rows):
             points = {}
             for r in rows:
-                if r["method"] == method and r[key] is not None:
+                if r["method"] == method and r.get(key) is not None:
                     points.setdefault(r["batch_size"], []).append(r)
             if not points:
                 continue
@@ -211,7 +223,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val top-1 % (± standard error)")
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:  # none where every cell diverged
+        axes[0].legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -221,8 +234,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def read(results: Path) -> tuple[list[dict], dict]:
     """The committed sweep: its CSV rows (numbers parsed, blanks as None) and settings."""
     with open(results / "batch-sweep.csv", newline="") as f:
-        rows = [{k: (v if k == "method" else None if v == "" else float(v) if "." in v else int(v))
-                 for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = [{k: (v if k in ("method", "status") else None if v == "" else
+                     float(v) if "." in v else int(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
     return rows, json.loads((results / "batch-sweep.json").read_text())
 
 
@@ -235,7 +249,9 @@ def _table(rows: list[dict], key: str, fmt, methods: list[str], sizes: list[int]
         for b in sizes:
             values = [r for r in rows if r["method"] == method and r["batch_size"] == b
                       and r[key] is not None]
-            cells.append(fmt(values) if values else "")
+            failed = [r["status"] for r in rows if r["method"] == method and r["batch_size"] == b
+                      and r["status"] != "ok"]
+            cells.append("; ".join(([fmt(values)] if values else []) + failed))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
@@ -338,8 +354,9 @@ def main(argv=None) -> int:
                     return 1
                 rows.append(row)
                 print(f"[{len(rows)}/{len(todo)}] " + " ".join(
-                    f"{k} {row[k]}" for k in ("method", "batch_size", "seed", "val_top1",
-                                              "val_top1_batch_stats", "img_per_s")), flush=True)
+                    f"{k} {row.get(k)}" for k in ("method", "batch_size", "seed", "val_top1",
+                                                  "val_top1_batch_stats", "img_per_s", "status")),
+                    flush=True)
     finally:  # the sweep's wall time, summed over its invocations (a stopped sweep continues)
         with open(out / "invocations.jsonl", "a") as f:
             f.write(json.dumps({"seconds": round(time.perf_counter() - start, 1),
@@ -361,7 +378,7 @@ def main(argv=None) -> int:
         "lr": f"{recipe.lr} x batch / {recipe.batch_size}",
         "wall_minutes": round(sum(i["seconds"] for i in invocations) / 60, 1),
         "invocations": len(invocations),
-        "cell_minutes": round(sum(r["minutes"] for r in rows), 1)}
+        "cell_minutes": round(sum(r.get("minutes") or 0 for r in rows), 1)}
     settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     plot(rows, results / "batch-sweep.png",
          f"CIFAR-10 ResNet-20, {args.train_images:,} images x {args.epochs} epoch(s) per cell "

@@ -5,6 +5,7 @@ accuracy is asserted."""
 
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,3 +68,25 @@ def test_batch_sweep_refuses_a_subset_that_batch_sizes_do_not_divide(data_root, 
     err = capsys.readouterr().err
     assert "--train-images 60 is not a multiple of batch size 16" in err and "multiple of 16" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_diverged_cell_is_a_result_and_is_not_retrained(data_root, tmp_path, monkeypatch):
+    trained, real_run = [], subprocess.run
+
+    def trainer_that_diverges(command, **kwargs):  # the trainer's own exit on a NaN loss
+        if command[1:3] != ["-m", "train"]:
+            return real_run(command, **kwargs)
+        trained.append(command)
+        kwargs["stdout"].write("error: loss is nan at epoch 1, step 5: the run diverged\n")
+        return subprocess.CompletedProcess(command, 2)
+
+    monkeypatch.setattr(batch_sweep.subprocess, "run", trainer_that_diverges)
+    args = sweep_args(data_root, tmp_path, "--methods", "mimic", "--batch-sizes", "4",
+                      "--end-seeds", "1")
+    for _ in range(2):
+        assert batch_sweep.main(args) == 0
+    assert len(trained) == 1 and trained[0][trained[0].index("--model") + 1] == "resnet20_mimic"
+    rows, settings = batch_sweep.read(tmp_path / "results")
+    assert [(r["method"], r["status"], r["val_top1"]) for r in rows] == [
+        ("mimic", "diverged at step 6", None)]
+    assert "| mimic | diverged at step 6 |" in batch_sweep.readme_section(rows, settings)
