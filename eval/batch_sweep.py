@@ -82,9 +82,8 @@ def cells(args) -> list[tuple[str, int, int]]:
     other end seeds at the smallest and largest; the costliest (small batches) first, so
     parallel jobs finish together."""
     ends = {min(args.batch_sizes), max(args.batch_sizes)}
-    out = [(m, b, s) for b in sorted(set(args.batch_sizes)) for s in range(args.end_seeds if b in ends else 1)
-           for m in args.methods]
-    return sorted(out, key=lambda c: (c[1], c[2]))
+    return [(m, b, s) for b in sorted(set(args.batch_sizes))
+            for s in range(args.end_seeds if b in ends else 1) for m in args.methods]
 
 
 def cell_dir(args, method: str, batch: int, seed: int) -> Path:
@@ -200,8 +199,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     panels = (("val_top1", "eval mode (running statistics), as shipped"),
               ("val_top1_batch_stats", "batch statistics at the training batch size"))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    color = {m: f"C{i}" for i, m in enumerate(methods)}  # one color per method in both panels
     for ax, (key, label) in zip(axes, panels):
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for method in methods:
             points = {}
             for r in rows:
                 if r["method"] == method and r.get(key) is not None:
@@ -211,11 +212,18 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             sizes = sorted(points)
             mean = [statistics.mean(p[key] for p in points[b]) for b in sizes]
             se = [statistics.mean(p[key + "_se"] for p in points[b]) for b in sizes]
-            line = ax.errorbar(sizes, mean, yerr=se, marker="o", capsize=3, label=method)
+            ax.errorbar(sizes, mean, yerr=se, marker="o", capsize=3, label=method,
+                        color=color[method])
             for b in sizes:  # each seed's own point, where a size has more than one
                 if len(points[b]) > 1:
                     ax.plot([b] * len(points[b]), [p[key] for p in points[b]], "x",
-                            color=line[0].get_color())
+                            color=color[method])
+        diverged = sorted({(r["method"], r["batch_size"]) for r in rows if r["status"] != "ok"},
+                          key=lambda c: (methods.index(c[0]), c[1]))
+        for i, (method, b) in enumerate(diverged):  # no point to plot: said at the bottom
+            ax.annotate(f"{method} diverged", (b, 0), xycoords=("data", "axes fraction"),
+                        xytext=(4, 4 + 11 * i), textcoords="offset points", fontsize=8,
+                        color=color[method])
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["batch_size"] for r in rows}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -223,10 +231,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val top-1 % (± standard error)")
-    if axes[0].get_legend_handles_labels()[0]:  # none where every cell diverged
-        axes[0].legend()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # none where every cell diverged
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -333,6 +342,8 @@ def main(argv=None) -> int:
         print(f"error: --warmup-fraction must be from 0 to 1, not {args.warmup_fraction}",
               file=sys.stderr)
         return 2
+    # the cells' trainer runs in the project root: paths from here must hold there too
+    args.data, args.runs = str(Path(args.data).resolve()), str(Path(args.runs).resolve())
     todo = cells(args)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     results, out = Path(args.results), Path(args.runs)
