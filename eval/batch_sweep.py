@@ -104,6 +104,8 @@ def train_command(args, recipe, method: str, batch: int, seed: int, resume: bool
 def run_cell(args, recipe, method: str, batch: int, seed: int, threads: int) -> dict:
     """Train the cell (or continue it), score it with batch statistics, return its CSV row.
     A cell whose loss becomes NaN or infinite is a result too: status "diverged at step N"."""
+    from zoo.evaluate import standard_error
+
     folder = cell_dir(args, method, batch, seed)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     steps = args.train_images // batch * args.epochs
@@ -130,14 +132,15 @@ def run_cell(args, recipe, method: str, batch: int, seed: int, threads: int) -> 
             status = f"diverged at step {(epoch - 1) * (steps // args.epochs) + step + 1}"
             (folder / "diverged.json").write_text(json.dumps({"status": status}) + "\n")
             return {**row, "status": status}
-    if not (folder / "batch_stats.json").is_file() and keeps_running_statistics(method):
+    running_statistics = keeps_running_statistics(method)
+    if running_statistics and not (folder / "batch_stats.json").is_file():
         score = [sys.executable, str(Path(__file__).resolve()), "--data", args.data,
                  "--train-images", str(args.train_images), "--recipe", recipe.name,
                  "--score-cell", str(folder)]
         subprocess.run(score, cwd=ROOT, env=env, check=True)
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     scored = (json.loads((folder / "batch_stats.json").read_text())
-              if keeps_running_statistics(method) else {"top1": None, "images": 0})
+              if running_statistics else {"top1": None, "images": 0})
     val = rows[-1]["val_acc"]
     return {**row, "val_top1": val, "val_top1_se": round(standard_error(val, recipe.val_images), 2),
             "val_top1_batch_stats": scored["top1"],
@@ -158,13 +161,7 @@ def keeps_running_statistics(method: str) -> bool:
 
     with torch.device("meta"):
         model = zoo.create_model(f"resnet20_{method}")
-    return any(name.endswith("running_mean") for name, _ in model.named_buffers())
-
-
-def standard_error(top1: float, n: int) -> float:
-    """The binomial standard error of a top-1 figure, in points."""
-    p = top1 / 100
-    return 100 * math.sqrt(p * (1 - p) / n)
+    return any("running_mean" in module._buffers for module in model.modules())  # as evaluate()
 
 
 def score_cell(args) -> None:

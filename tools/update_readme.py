@@ -49,13 +49,14 @@ def _known(value) -> str:
 
 
 def _with_error(top1, num_images) -> str:
-    """A top-1 figure with its binomial standard error, sqrt(p (1 - p) / n), in points."""
+    """A top-1 figure with its binomial standard error, in points."""
+    from zoo.evaluate import standard_error
+
     if top1 is None:
         return ""
     if not num_images:
         return str(top1)
-    p = top1 / 100
-    return f"{top1} ± {100 * (p * (1 - p) / num_images) ** 0.5:.1f}"
+    return f"{top1} ± {standard_error(top1, num_images):.1f}"
 
 
 def _val_images(recipe: dict):

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["EvalResult", "evaluate", "cifar_batches", "ImageNetVal", "imagenet_loader", "imagenet_wnids",
+__all__ = ["EvalResult", "evaluate", "standard_error", "cifar_batches", "ImageNetVal", "imagenet_loader", "imagenet_wnids",
            "read_ground_truth", "rank_and_world", "shard", "split_name"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
@@ -43,6 +43,12 @@ class EvalResult:
     @property
     def img_per_s(self) -> float:
         return self.num_images / max(self.seconds, 1e-9)
+
+
+def standard_error(top1: float, num_images: int) -> float:
+    """The binomial standard error of a top-1 figure, sqrt(p (1 - p) / n), in points."""
+    p = top1 / 100
+    return 100 * (p * (1 - p) / num_images) ** 0.5
 
 
 def rank_and_world() -> tuple[int, int]:
