@@ -4,12 +4,13 @@ per-channel kernels the layers are built from."""
 from __future__ import annotations
 
 import functools
-from typing import Optional
+import warnings
+from typing import Callable, Optional
 
 import torch
 
 __all__ = ["group_count", "fp32_statistics", "statistics_dtype", "tracing", "channel_affine",
-           "channel_sums"]
+           "channel_sums", "fused_kernel", "like_format"]
 
 
 def group_count(num_channels: int, max_groups: int, min_group_channels: int) -> int:
@@ -94,3 +95,52 @@ def channel_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor):
     _, sum_grad_dev, sum_grad = torch.ops.aten.native_batch_norm_backward(
         grad, x, None, mean, unit_var, None, None, False, 0.0, [False, True, True])
     return sum_grad, sum_grad_dev
+
+
+# Why the fused kernels are off in this process (None: they are on, or not yet tried).
+_fused_failure: Optional[str] = None
+
+
+def fused_kernel(math: Callable) -> Callable:
+    """``math``, a layer's training-mode forward or backward in plain torch ops, compiled by
+    torch.compile into a few fused loops; the compiled function returns None where it cannot
+    run here, and the layer takes its eager kernels.
+
+    Eager kernels make one pass over the activation per op: an L1 batch norm reads x four
+    times where BatchNorm2d reads it twice. Inductor fuses each reduction with the pointwise
+    math around it and reads low-precision data straight into float32 registers, so the
+    layer costs about what BatchNorm2d does. Shapes are static (one compile per shape, dtype
+    and memory format, a few seconds each on CPU; past torch's recompile limit, 8, further
+    shapes run eager, and torch logs it). The first call compiles; where that fails (no C++
+    compiler, an old torch) one warning says so and the process stays eager, which computes
+    the same formula.
+    """
+    compiled = None
+
+    @functools.wraps(math)
+    def run(*args):
+        global _fused_failure
+        nonlocal compiled
+        if _fused_failure is not None:
+            return None
+        try:
+            if compiled is None:
+                compiled = torch.compile(math, dynamic=False)
+            return compiled(*args)
+        except Exception as e:  # any compile failure: the eager kernels compute the same
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            _fused_failure = f"{type(e).__name__}: {first_line}"
+            warnings.warn(f"NormZoo's fused norm kernels are off in this process: torch.compile "
+                          f"failed ({_fused_failure}); the norms run their eager kernels (same "
+                          f"formula, slower)", RuntimeWarning, stacklevel=2)
+            return None
+
+    return run
+
+
+def like_format(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``x``'s memory format (channels_last or contiguous), so a fused kernel sees
+    one layout and compiles once per shape."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last)
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

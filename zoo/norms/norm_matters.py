@@ -24,7 +24,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
-from .common import channel_affine, channel_sums, fp32_statistics, statistics_dtype
+from .common import (channel_affine, channel_sums, fp32_statistics, fused_kernel, like_format,
+                     statistics_dtype, tracing)
 
 __all__ = [
     "L1BatchNorm2d",
@@ -72,20 +73,55 @@ def _add_scaled(grad: torch.Tensor, values: torch.Tensor, coef: torch.Tensor) ->
     return grad.addcmul_(values, _per_channel(coef.to(grad.dtype)))
 
 
+_DIMS = (0, 2, 3)  # a channel's values: every sample and position
+
+
+@fused_kernel
+def _l1_forward_fused(x, weight, bias, eps: float):
+    """_L1Scale's forward as plain ops (fused by torch.compile): (y, mean, scale)."""
+    values = x.to(weight.dtype)
+    mean = values.mean(_DIMS)
+    d = values - _per_channel(mean)
+    scale = 1.0 / (_L1_TO_STD * d.abs().mean(_DIMS) + eps)
+    y = d * _per_channel(scale * weight) + _per_channel(bias)
+    return y.to(x.dtype), mean, scale
+
+
+@fused_kernel
+def _l1_backward_fused(grad, x, weight, mean, scale):
+    """_L1Scale's backward as plain ops (fused by torch.compile): the gradients of x, weight
+    and bias."""
+    n = _values_per_channel(x)
+    g, d = grad.to(mean.dtype), x.to(mean.dtype) - _per_channel(mean)
+    sign = d.sign()
+    sum_grad, sum_grad_dev = g.sum(_DIMS), (g * d).sum(_DIMS)
+    sign_coef = -_L1_TO_STD * scale * sum_grad_dev / n
+    mean_sign = sign.sum(_DIMS) / n
+    grad_x = _per_channel(weight * scale) * (
+        g - _per_channel(sum_grad / n) + _per_channel(sign_coef) * (sign - _per_channel(mean_sign)))
+    return grad_x.to(grad.dtype), scale * sum_grad_dev, sum_grad
+
+
 class _L1Scale(torch.autograd.Function):
     """y = (x - mu) * s * w + b, s = 1 / (c * mean|x - mu| + eps), c = sqrt(pi / 2).
 
     With d = x - mu, m = mean|d|, per channel:
     dL/dx = w * s * (g - mean(g) - c * s * mean(g * d) * (sign(d) - mean(sign(d)))).
+    ``fused``: the compiled kernels (three passes over x forward, two backward), else eager
+    kernels (four forward, five backward).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        n = _values_per_channel(x)
-        mean = _channel_mean(x)
-        buffer = _deviation(x, mean).abs_()
-        scale = 1.0 / (_L1_TO_STD * _channel_sum(buffer) / n + eps)
-        out = channel_affine(x, mean, scale * weight, bias, out=buffer)
+    def forward(ctx, x, weight, bias, eps, fused):
+        ctx.fused = fused and not tracing()
+        result = _l1_forward_fused(x, weight, bias, eps) if ctx.fused else None
+        if result is None:
+            n = _values_per_channel(x)
+            mean = _channel_mean(x)
+            buffer = _deviation(x, mean).abs_()
+            scale = 1.0 / (_L1_TO_STD * _channel_sum(buffer) / n + eps)
+            result = channel_affine(x, mean, scale * weight, bias, out=buffer), mean, scale
+        out, mean, scale = result
         ctx.save_for_backward(x, weight, mean, scale)
         ctx.mark_non_differentiable(mean, scale)
         return out, mean, scale
@@ -94,6 +130,11 @@ class _L1Scale(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_scale):
         x, weight, mean, scale = ctx.saved_tensors
+        if ctx.fused:
+            grads = _l1_backward_fused(like_format(grad_out, x), x, weight, mean, scale)
+            if grads is not None:
+                grad_x, grad_weight, grad_bias = grads
+                return grad_x if ctx.needs_input_grad[0] else None, grad_weight, grad_bias, None, None
         n = _values_per_channel(x)
         sum_grad, sum_grad_dev = channel_sums(grad_out, x, mean)
         grad_x = None
@@ -105,7 +146,7 @@ class _L1Scale(torch.autograd.Function):
             # grad_x = gain * (g - mean(g) + sign_coef * (sign - mean_sign))
             grad_x = channel_affine(grad_out, sum_grad / n + sign_coef * mean_sign, gain, None)
             _add_scaled(grad_x, sign, gain * sign_coef)
-        return grad_x, scale * sum_grad_dev, sum_grad, None
+        return grad_x, scale * sum_grad_dev, sum_grad, None, None
 
 
 def _linf_to_std(n: int) -> float:
@@ -347,13 +388,22 @@ class L1BatchNorm2d(_ScaledBatchNorm2d):
     Per channel over N*H*W: mu = mean(x), ``s = 1 / (sqrt(pi/2) * mean(|x - mu|) + eps)``,
     ``y = (x - mu) * s * weight + bias``. sqrt(pi/2) makes the mean absolute deviation an
     estimate of sigma for Gaussian x, so s matches BatchNorm's 1/sigma.
+
+    ``fused=True`` (or :func:`zoo.fuse_norms` on a model) runs training mode through kernels
+    compiled by torch.compile, about as fast as BatchNorm2d's; the first call per input shape
+    compiles (seconds). Same formula; without a working compiler it warns once and stays eager.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 fused: bool = False):
         super().__init__(num_features, eps, momentum)
+        self.fused = fused
 
     def _batch_normalize(self, x, weight, bias):
-        return _L1Scale.apply(x, weight, bias, self.eps)
+        return _L1Scale.apply(x, weight, bias, self.eps, self.fused)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", fused=True" if self.fused else "")
 
 
 class TopKBatchNorm2d(_ScaledBatchNorm2d):

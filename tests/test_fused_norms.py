@@ -1,0 +1,136 @@
+"""The compiled training kernels (``fused=True``, zoo.fuse_norms): the same formulas as the
+eager layers, checked against the naive float64 readings of test_norm_matters / test_ilm,
+within the bf16 error bound of test_low_precision, and eager where torch.compile fails."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import zoo
+import zoo.norms.common as common
+from test_ilm import make_input, make_layer, naive_ilm
+from test_low_precision import _errors, _perturbed
+from test_norm_matters import _input, _layer, _naive, _naive_l1_scale
+from zoo.norms.common import fused_kernel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def compiles():
+    """Fresh torch.compile caches (torch stops compiling a function after 8 shapes) and a
+    check that the test's layers really ran compiled: returns a function giving how many
+    graphs were compiled since."""
+    torch.compiler.reset()
+    counters.clear()
+    assert common._fused_failure is None
+    yield lambda: counters["stats"]["unique_graphs"]
+
+
+def _fused(layer):
+    layer.fused = True
+    return layer
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (16, 2, 3, 3)])
+def test_l1_matches_naive_in_float64(shape, channels_last, compiles):
+    layer = _fused(_layer("l1", shape[1], torch.float64))
+    eager = copy.deepcopy(layer)
+    eager.fused = False
+    x = _input(shape, torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = _input(shape, torch.float64, seed=2)
+    out = layer(x)
+    out.backward(grad)
+    assert compiles() == 2  # forward and backward
+
+    x_ref = x.detach().clone().requires_grad_()
+    params = {k: p.detach().clone().requires_grad_() for k, p in layer.named_parameters()}
+    expected = _naive(_naive_l1_scale, x_ref, params["weight"], params["bias"])
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    for got, want in zip([x.grad, layer.weight.grad, layer.bias.grad],
+                         [x_ref.grad, params["weight"].grad, params["bias"].grad]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    eager(x.detach())  # running statistics: the same update as the eager layer's
+    torch.testing.assert_close(layer.running_mean, eager.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.running_scale, eager.running_scale, rtol=1e-12, atol=1e-12)
+    layer.eval()  # eval mode stays the per-channel affine of the running statistics
+    torch.testing.assert_close(layer(x.detach()), eager.eval()(x.detach()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels, base, kwargs", [
+    (16, "gn", {}), (32, "in", {}), (64, "ln", {}), (96, "gn", {"max_groups": 4}),
+    (48, "gn", {"key_group_size": 8, "reduction": 2})])
+def test_ilm_matches_naive_in_float64(channels, base, kwargs, compiles):
+    layer = _fused(make_layer(channels, base, **kwargs))
+    x = make_input((3, channels, 3, 5)).requires_grad_()
+    upstream = torch.randn(x.shape, dtype=x.dtype)
+    names, params = zip(*layer.named_parameters())
+    out = layer(x)
+    grads = torch.autograd.grad((out * upstream).sum(), [x, *params])
+    assert compiles() == 2
+    torch.testing.assert_close(out, naive_ilm(layer, x), rtol=0, atol=1e-10)
+    expected = torch.autograd.grad((naive_ilm(layer, x) * upstream).sum(), [x, *params])
+    for name, got, want in zip(("x",) + names, grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=name)
+    # no input gradient wanted: the parameters' gradients alone
+    grads = torch.autograd.grad((layer(x.detach()) * upstream).sum(), params)
+    for name, got, want in zip(names, grads, expected[1:]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("name, base", [("ilm", "gn"), ("l1bn", "bn")])
+def test_bf16_error_within_twice_the_baselines(name, base, channels_last, compiles):
+    shape = (16, 32, 8, 8)
+    gen = torch.Generator().manual_seed(1)
+    offset = torch.randn(1, shape[1], 1, 1, generator=gen) * 2
+    x = (torch.randn(shape, generator=gen) * 1.5 + offset).bfloat16()
+    grad = torch.randn(shape, generator=gen).bfloat16()
+    ours = _errors(_fused(_perturbed(zoo.create_norm(name, shape[1]))), x, grad, channels_last)
+    assert compiles() >= 2  # the float64 reference compiles too
+    theirs = _errors(_perturbed(zoo.create_norm(base, shape[1])), x, grad, channels_last)
+    for what, e_ours, e_base in zip(("output", "input gradient"), ours, theirs):
+        assert 0 < e_ours <= 2 * e_base, f"{name} {what}: error {e_ours:.2e} vs {base} {e_base:.2e}"
+
+
+def test_compile_failure_warns_once_and_layers_stay_eager(monkeypatch, compiles):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(common, "_fused_failure", None)
+    kernel = fused_kernel(lambda t: t + 1)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ "
+                                             r"compiler found\).*eager kernels"):
+        assert kernel(torch.ones(2)) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert kernel(torch.ones(2)) is None
+        x = _input((4, 3, 5, 6)).requires_grad_()
+        layer = _fused(_layer("l1", 3))
+        eager = copy.deepcopy(layer)
+        eager.fused = False
+        out = layer(x)
+        torch.testing.assert_close(out, eager(x), rtol=0, atol=0)
+        ilm = _fused(make_layer(16, dtype=torch.float32))
+        ilm(make_input((2, 16, 3, 3), torch.float32).requires_grad_()).sum().backward()
+    assert compiles() == 0
+
+
+def test_fuse_norms_sets_the_layers_that_have_kernels():
+    assert zoo.fuse_norms(zoo.create_model("resnet20_ilm")) == 19
+    model = zoo.create_model("resnet20_l1bn")
+    assert zoo.fuse_norms(model) == 19
+    assert all(m.fused for m in model.modules() if isinstance(m, zoo.norms.L1BatchNorm2d))
+    assert "fused=True" in repr(model.layer1[0].bn1)
+    assert zoo.fuse_norms(model, enabled=False) == 19
+    assert not any(m.fused for m in model.modules() if hasattr(m, "fused"))
+    assert zoo.fuse_norms(zoo.create_model("resnet20_bn")) == 0
