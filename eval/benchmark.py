@@ -8,8 +8,10 @@
 Suites:
   norms      each norm layer's forward+backward (train) and forward (eval) against
              BatchNorm2d / GroupNorm (InstanceNorm, LayerNorm for ILM-IN/LN) on the same
-             tensors, at ResNet-20 and ResNet-50 shapes, fp32 and bf16 autocast; also the
-             papers' op sequences ("original", eval/original_style.py)
+             tensors, at ResNet-20 and ResNet-50 shapes, fp32 and bf16 autocast; the layers
+             with compiled training kernels also as "(fused)" (zoo.fuse_norms, what the
+             trainer runs; compiled in the warm-up); also the papers' op sequences
+             ("original", eval/original_style.py)
   step       one SGD training step per method, ResNet-20 (CIFAR, batch 128) and ResNet-50 /
              VGG-16 (224x224, small batch): time and memory, each configuration in a fresh
              process; memory is the peak RSS during the steps (VmHWM, reset before them) less
@@ -165,6 +167,8 @@ def norm_layers(norms: list[str]) -> dict[str, tuple[Callable, str]]:
         base = NORM_BASELINE.get(norm, "bn")
         layers.setdefault(base, (lambda c, b=base: zoo.create_norm(b, c), base))
         layers[norm] = (lambda c, n=norm: zoo.create_norm(n, c), base)
+        if zoo.fuse_norms(zoo.create_norm(norm, 32)):
+            layers[f"{norm} (fused)"] = (lambda c, n=norm: _fused(zoo.create_norm(n, c)), base)
         if norm in ORIGINALS:
             layers[f"{norm} (original)"] = (ORIGINALS[norm], base)
     if "gn" in layers:  # GroupNorm's own cost against BatchNorm2d, for scale
@@ -173,12 +177,18 @@ def norm_layers(norms: list[str]) -> dict[str, tuple[Callable, str]]:
     return layers
 
 
+def _fused(layer: torch.nn.Module) -> torch.nn.Module:
+    zoo.fuse_norms(layer)
+    return layer
+
+
 def suite_norms(args, device, clock) -> list[dict]:
     norms = args.norms or per_layer_norms()
     shapes = [(8, 32, 8, 8)] if args.tiny else [s for k in ("resnet20", "resnet50") for s in NORM_SHAPES[k]]
     rows = []
     for shape in shapes:
         c = shape[1]
+        torch.compiler.reset()  # torch compiles a function for at most 8 shapes
         layers = {name: make(c).to(device) for name, (make, _) in norm_layers(norms).items()}
         for dtype in DTYPES:
             x = torch.randn(shape, device=device)
@@ -205,7 +215,8 @@ def suite_norms(args, device, clock) -> list[dict]:
                 for name, (_, base) in norm_layers(norms).items():
                     if name == base:
                         continue
-                    target = NORM_TARGETS.get(name) if mode == "fwd+bwd" else None
+                    target = (NORM_TARGETS.get(name.removesuffix(" (fused)"))
+                              if mode == "fwd+bwd" else None)
                     rows.append(row("norms", name, f"{mode} {tuple(shape)}", dtype,
                                     [t * 1e3 for t in times[name]], "ms", base,
                                     [t * 1e3 for t in times[base]], target))
@@ -583,10 +594,12 @@ def readme_section(rows: list[dict], header: dict, full_results: str) -> str:
              f"Ratios are against the PyTorch baseline in the same run. Every row, with its "
              f"spread: [{full_results}]({full_results}).", "",
              "| goal (this CPU) | fp32 | bf16 autocast | met |", "|---|---|---|---|"]
+    fused = {r["name"] for r in rows if r["name"].endswith(" (fused)")}
     goals = [(f"{name} forward+backward ≤ {target}x "
-              f"{'GroupNorm' if NORM_BASELINE.get(name) == 'gn' else 'BatchNorm2d'}",
+              f"{'GroupNorm' if NORM_BASELINE.get(norm) == 'gn' else 'BatchNorm2d'}",
               dict(suite="norms", name=name, config="fwd+bwd"), target)
-             for name, target in NORM_TARGETS.items()]
+             for norm, target in NORM_TARGETS.items()
+             for name in (norm, f"{norm} (fused)") if name == norm or name in fused]
     goals += [(f"mimic training step {'time' if unit == 'ms' else 'memory'} ≤ {target}x its BN twin",
                dict(suite="step", name="", unit=unit), target)
               for (_, unit), target in STEP_TARGETS.items()]
@@ -614,7 +627,8 @@ def readme_section(rows: list[dict], header: dict, full_results: str) -> str:
                   "| layer | vs | NormZoo fp32 | original fp32 | NormZoo bf16 | original bf16 |",
                   "|---|---|---|---|---|---|"]
     per_layer = sorted({r["name"] for r in rows if r["suite"] == "norms" and r["ratio"] != ""
-                        and not r["name"].endswith("(original)")}, key=lambda n: (n not in originals, n))
+                        and not r["name"].endswith("(original)")},
+                       key=lambda n: (n.split(" ")[0] not in originals, n))
     for name in per_layer:
         base = next(r["baseline"] for r in rows if r["suite"] == "norms" and r["name"] == name)
         cells = [_span(_ratios([r for r in rows if r["suite"] == "norms" and r["name"] == layer

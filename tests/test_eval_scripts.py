@@ -36,7 +36,8 @@ def test_benchmark_tiny_run_writes_well_formed_csv_markdown_and_header(tiny_benc
         assert r["meets"] in ("", "yes", "no") and (r["meets"] == "") == (r["target"] == "")
     norms = {(r["name"], r["baseline"]) for r in rows if r["suite"] == "norms"}
     assert {("ilm", "gn"), ("ilm (original)", "gn"), ("l1bn (original)", "bn"),
-            ("linfbn (original)", "bn"), ("ilm_in", "in"), ("ilm_ln", "ln"), ("gn", "bn")} <= norms
+            ("linfbn (original)", "bn"), ("ilm_in", "in"), ("ilm_ln", "ln"), ("gn", "bn"),
+            ("ilm (fused)", "gn"), ("l1bn (fused)", "bn")} <= norms
     assert {r["dtype"] for r in rows if r["suite"] == "norms"} == {"fp32", "bf16"}
     step = [r for r in rows if r["suite"] == "step"]
     assert {r["name"] for r in step} == {f"resnet20_{m}" for m in benchmark.METHODS}
@@ -59,8 +60,10 @@ def test_benchmark_readme_section_reports_every_goal(tiny_benchmark):
     section = benchmark.readme_section(rows, header, "results.md")
     goals = [line for line in section.splitlines() if ("≤" in line or "≥" in line)
              and line.startswith("| ")]
-    assert len(goals) == (len(benchmark.NORM_TARGETS) + len(benchmark.STEP_TARGETS) + 1
-                          + len(benchmark.INFERENCE_TARGETS))
+    fused = ["ilm (fused)", "l1bn (fused)"]  # the compiled kernels have goal lines of their own
+    assert len(goals) == (len(benchmark.NORM_TARGETS) + len(fused) + len(benchmark.STEP_TARGETS)
+                          + 1 + len(benchmark.INFERENCE_TARGETS))
+    assert all(any(line.startswith(f"| {name} forward+backward") for line in goals) for name in fused)
     assert all(re.search(r"\| \d of \d+ \|$", line) for line in goals)
     assert "[results.md](results.md)" in section and header["command"] in section
 

@@ -46,7 +46,8 @@ RESUME_HELP = (
     "--limit-train, data (the dataset and its number of training images), --num-classes, "
     "--weights/--checkpoint (the same weights), --freeze-backbone and memory format "
     "(--channels-last; by default the run's own); a mismatch is refused. These may change: "
-    "--data's path, --test-data, --device, --workers, --compile, --sync-bn, --tag, --register")
+    "--data's path, --test-data, --device, --workers, --compile, --fused-norms, --sync-bn, --tag, "
+    "--register")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -76,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
                    help="memory format (default: the norm's measured preference, "
                         "zoo.prefers_channels_last; a resumed run keeps its own)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fused-norms", action=argparse.BooleanOptionalAction, default=True,
+                   help="compiled training kernels for the norms that have them (ILM, L1 BN; "
+                        "zoo.fuse_norms): the same formula at about GroupNorm's / BatchNorm2d's "
+                        "speed, after a few seconds of compiling per input shape")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on GPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--limit-train", type=int, help="use only the first N training images (smoke runs)")
@@ -171,6 +176,7 @@ class Run:
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         self.model = self._build_model()
+        zoo.fuse_norms(self.model, args.fused_norms)
         self.model.to(self.device)
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -477,7 +483,8 @@ class Run:
                       "model": self.args.model,
                       "command": command_line(getattr(self.args, "argv", None)),
                       "commit": git_commit(), "seed": self.args.seed,
-                      "channels_last": self.args.channels_last}
+                      "channels_last": self.args.channels_last,
+                      "fused_norms": self.args.fused_norms}
             first = self._recipe_json() if self.args.resume else {}
             if first:
                 # The run's command stays the one that started it (a --resume command does not
