@@ -42,9 +42,9 @@ class ILMNorm(nn.Module):
     both the key and the norm statistics (merged exactly), the output is written in
     place, and the backward is fused by hand (see ``_ILMNormFunction``); it is
     first-order differentiable only. ``fused=True`` (or :func:`zoo.fuse_norms` on a model)
-    runs both through torch.compile, which fuses the passes over the activation into
-    GroupNorm's count; the first call per input shape compiles (seconds). Same formula;
-    without a working compiler it warns once and stays eager.
+    runs training mode's forward and backward through torch.compile, which fuses the passes
+    over the activation into GroupNorm's count; the first call per input shape compiles
+    (seconds). Same formula; without a working compiler it warns once and stays eager.
     """
 
     def __init__(self, num_channels: int, base: str = "gn", *, max_groups: int = 32,
