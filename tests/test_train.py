@@ -170,6 +170,11 @@ def test_for_model_applies_each_methods_requirements():
 
     bwn, why = for_model(tiny, "bwn")
     assert bwn.weight_decay == 0 and any("no weight decay" in w for w in why)
+    assert not bwn.amp and not any("autocast" in w for w in why)  # tiny runs in float32
+    cpu = RECIPES["cifar10_cpu_long"]
+    bwn, why = for_model(cpu, "bwn")
+    assert cpu.amp and not bwn.amp and any("float32, no autocast" in w for w in why)
+    assert for_model(cpu, "bwn", keep=("amp",))[0].amp  # --amp on the command line wins
     for norm in NORM_MATTERS:
         recipe, why = for_model(tiny, norm)
         if norm in ("meanbn", "bwn"):  # mean-only BN: no gain to start at zero

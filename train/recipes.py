@@ -112,6 +112,11 @@ def for_model(recipe: Recipe, norm: str, keep: tuple[str, ...] = ()) -> tuple[Re
     if norm == "bwn" and recipe.weight_decay:
         changes["weight_decay"] = 0.0
         why.append("bwn: no weight decay (bounded weight norm fixes each filter's norm)")
+    if norm == "bwn" and recipe.amp and "amp" not in keep:
+        changes["amp"] = False
+        why.append("bwn: float32, no autocast (mean-only BN bounds no activation scale; under "
+                   "bf16 cifar10_cpu_long diverged in epoch 7 from a gradient spike that the "
+                   "same state does not have in float32)")
     if norm in NORM_MATTERS and has_gain(norm) and not recipe.zero_init_residual:
         changes["zero_init_residual"] = True
         why.append(f"{norm}: zero_init_residual=True (the Norm Matters recipes)")
