@@ -104,7 +104,8 @@ _fused_failure: Optional[str] = None
 def fused_kernel(math: Callable) -> Callable:
     """``math``, a layer's training-mode forward or backward in plain torch ops, compiled by
     torch.compile into a few fused loops; the compiled function returns None where it cannot
-    run here, and the layer takes its eager kernels.
+    run here, and the layer takes its eager kernels: after a failed compile, and while
+    torch.compile or torch.export traces the layer itself (they trace the eager kernels).
 
     Eager kernels make one pass over the activation per op: an L1 batch norm reads x four
     times where BatchNorm2d reads it twice. Inductor fuses each reduction with the pointwise
@@ -121,7 +122,7 @@ def fused_kernel(math: Callable) -> Callable:
     def run(*args):
         global _fused_failure
         nonlocal compiled
-        if _fused_failure is not None:
+        if _fused_failure is not None or tracing():
             return None
         try:
             if compiled is None:

@@ -163,7 +163,7 @@ class _ILMNormFunction(torch.autograd.Function):
     def forward(ctx, x, layer, *params):
         sizes = (layer.fine_group_size, layer.key_group_size,
                  layer.num_channels // layer.num_groups, layer.eps)
-        ctx.fused = layer.fused and layer.training and not tracing()
+        ctx.fused = layer.fused and layer.training
         result = _forward_fused(x, sizes, *params) if ctx.fused else None
         if result is None:
             result = _forward(x, sizes, False, *params)

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from .common import (channel_affine, channel_sums, fp32_statistics, fused_kernel, like_format,
-                     statistics_dtype, tracing)
+                     statistics_dtype)
 
 __all__ = [
     "L1BatchNorm2d",
@@ -113,8 +113,8 @@ class _L1Scale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, fused):
-        ctx.fused = fused and not tracing()
-        result = _l1_forward_fused(x, weight, bias, eps) if ctx.fused else None
+        ctx.fused = fused
+        result = _l1_forward_fused(x, weight, bias, eps) if fused else None
         if result is None:
             n = _values_per_channel(x)
             mean = _channel_mean(x)
