@@ -18,8 +18,9 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["EvalResult", "evaluate", "standard_error", "cifar_batches", "ImageNetVal", "imagenet_loader", "imagenet_wnids",
-           "read_ground_truth", "rank_and_world", "shard", "split_name"]
+__all__ = ["EvalResult", "evaluate", "standard_error", "keeps_running_statistics", "cifar_batches",
+           "ImageNetVal", "imagenet_loader", "imagenet_wnids", "read_ground_truth", "rank_and_world",
+           "shard", "split_name"]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 
@@ -43,6 +44,12 @@ class EvalResult:
     @property
     def img_per_s(self) -> float:
         return self.num_images / max(self.seconds, 1e-9)
+
+
+def keeps_running_statistics(module: nn.Module) -> bool:
+    """Whether a layer normalises with running statistics in eval mode (BatchNorm and the
+    Norm Matters batch norms: a ``running_mean`` buffer of its own)."""
+    return "running_mean" in module._buffers
 
 
 def standard_error(top1: float, num_images: int) -> float:
@@ -82,7 +89,7 @@ def evaluate(model: nn.Module, batches: Iterable, *, device: Union[str, torch.de
     if batch_statistics:
         model = copy.deepcopy(model)
         for module in model.modules():
-            if "running_mean" in module._buffers:
+            if keeps_running_statistics(module):
                 module.train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
