@@ -13,7 +13,7 @@ import zoo
 import zoo.norms.common as common
 from test_ilm import make_input, make_layer, naive_ilm
 from test_low_precision import _errors, _perturbed
-from test_norm_matters import _input, _layer, _naive, _naive_l1_scale
+from test_norm_matters import LAYERS, _input, _layer, _naive
 from zoo.norms.common import fused_kernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,8 +37,9 @@ def _fused(layer):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (16, 2, 3, 3)])
-def test_l1_matches_naive_in_float64(shape, channels_last, compiles):
-    layer = _fused(_layer("l1", shape[1], torch.float64))
+@pytest.mark.parametrize("name", ["l1", "linf"])
+def test_scaled_bn_matches_naive_in_float64(name, shape, channels_last, compiles):
+    layer = _fused(_layer(name, shape[1], torch.float64))
     eager = copy.deepcopy(layer)
     eager.fused = False
     x = _input(shape, torch.float64)
@@ -52,7 +53,7 @@ def test_l1_matches_naive_in_float64(shape, channels_last, compiles):
 
     x_ref = x.detach().clone().requires_grad_()
     params = {k: p.detach().clone().requires_grad_() for k, p in layer.named_parameters()}
-    expected = _naive(_naive_l1_scale, x_ref, params["weight"], params["bias"])
+    expected = _naive(LAYERS[name][1], x_ref, params["weight"], params["bias"])
     expected.backward(grad)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     for got, want in zip([x.grad, layer.weight.grad, layer.bias.grad],
@@ -63,6 +64,27 @@ def test_l1_matches_naive_in_float64(shape, channels_last, compiles):
     torch.testing.assert_close(layer.running_scale, eager.running_scale, rtol=1e-12, atol=1e-12)
     layer.eval()  # eval mode stays the per-channel affine of the running statistics
     torch.testing.assert_close(layer(x.detach()), eager.eval()(x.detach()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_linf_ties_pick_the_eager_kernels_entry(channels_last, compiles):
+    # Small integers: many entries share the largest |x - mu|. The eager kernel's gradient
+    # goes to the first in (h, w, sample) order; the compiled one must pick the same.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (6, 4, 3, 5), generator=gen).double()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    layer = _fused(_layer("linf", 4, torch.float64))
+    eager = copy.deepcopy(layer)
+    eager.fused = False
+    grads = []
+    for each in (layer, eager):
+        x_each = x.clone().requires_grad_()
+        each(x_each).backward(grad)
+        grads.append(x_each.grad)
+    assert compiles() == 2
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("channels, base, kwargs", [
@@ -87,7 +109,7 @@ def test_ilm_matches_naive_in_float64(channels, base, kwargs, compiles):
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("name, base", [("ilm", "gn"), ("l1bn", "bn")])
+@pytest.mark.parametrize("name, base", [("ilm", "gn"), ("l1bn", "bn"), ("linfbn", "bn")])
 def test_bf16_error_within_twice_the_baselines(name, base, channels_last, compiles):
     shape = (16, 32, 8, 8)
     gen = torch.Generator().manual_seed(1)
@@ -125,6 +147,22 @@ def test_compile_failure_warns_once_and_layers_stay_eager(monkeypatch, compiles)
     assert compiles() == 0
 
 
+def test_linf_backward_after_a_compiled_forward_falls_back_to_eager(monkeypatch, compiles):
+    # The compiled forward keeps no entry indices; an eager backward finds them again.
+    layer = _fused(_layer("linf", 3, torch.float64))
+    eager = copy.deepcopy(layer)
+    eager.fused = False
+    x = _input((4, 3, 5, 6), torch.float64).requires_grad_()
+    grad = _input((4, 3, 5, 6), torch.float64, seed=2)
+    out = layer(x)
+    assert compiles() == 1
+    monkeypatch.setattr(common, "_fused_failure", "RuntimeError: gone")
+    (got,) = torch.autograd.grad(out, x, grad)
+    (want,) = torch.autograd.grad(eager(x), x, grad)
+    assert compiles() == 1
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_fuse_norms_sets_the_layers_that_have_kernels():
     assert zoo.fuse_norms(zoo.create_model("resnet20_ilm")) == 19
     model = zoo.create_model("resnet20_l1bn")
@@ -133,4 +171,8 @@ def test_fuse_norms_sets_the_layers_that_have_kernels():
     assert "fused=True" in repr(model.layer1[0].bn1)
     assert zoo.fuse_norms(model, enabled=False) == 19
     assert not any(m.fused for m in model.modules() if hasattr(m, "fused"))
+    assert zoo.fuse_norms(zoo.create_model("resnet20_linfbn")) == 19
+    assert zoo.fuse_norms(zoo.create_model("resnet20_topkbn")) == 0  # k = 10: eager only
     assert zoo.fuse_norms(zoo.create_model("resnet20_bn")) == 0
+    with pytest.raises(ValueError, match="k=1 .* only, got k=10; pass fused=False"):
+        zoo.norms.TopKBatchNorm2d(8, k=10, fused=True)

@@ -129,16 +129,17 @@ def get_norm(name: str) -> NormSpec:
         ) from None
 
 
-# The layers with compiled training kernels (their ``fused`` flag).
-_FUSABLE = (ILMNorm, L1BatchNorm2d)
+def _has_fused_kernels(module: nn.Module) -> bool:
+    return isinstance(module, (ILMNorm, L1BatchNorm2d)) or (
+        isinstance(module, TopKBatchNorm2d) and module.k == 1)
 
 
 def fuse_norms(model: nn.Module, enabled: bool = True) -> int:
-    """Turn the compiled training kernels of ``model``'s norm layers on (or off): ILM-Norm and
-    L1 batch norm train about as fast as GroupNorm / BatchNorm2d with them. The first
-    training step per input shape compiles (seconds on CPU); without a working compiler the
-    layers warn once and stay eager. Returns how many layers it set."""
-    layers = [m for m in model.modules() if isinstance(m, _FUSABLE)]
+    """Turn the compiled training kernels of ``model``'s norm layers on (or off): ILM-Norm, L1
+    and L-infinity batch norm train about as fast as GroupNorm / BatchNorm2d with them. The
+    first training step per input shape compiles (seconds on CPU); without a working compiler
+    the layers warn once and stay eager. Returns how many layers it set."""
+    layers = [m for m in model.modules() if _has_fused_kernels(m)]
     for layer in layers:
         layer.fused = enabled
     return len(layers)

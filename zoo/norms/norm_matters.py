@@ -217,33 +217,83 @@ def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int):
     return top_abs, (sample * channels + channel) * spatial_size + spatial
 
 
+@fused_kernel
+def _linf_forward_fused(x, weight, bias, const: float, eps: float):
+    """_TopKScale's forward for k = 1 as plain ops (fused by torch.compile): (y, mean, scale).
+    The largest |x - mu| is max(max(x) - mu, mu - min(x)), so one pass takes every statistic."""
+    values = x.to(weight.dtype)
+    mean = values.mean(_DIMS)
+    top = torch.maximum(values.amax(_DIMS) - mean, mean - values.amin(_DIMS))
+    scale = 1.0 / (const * top + eps)
+    y = (values - _per_channel(mean)) * _per_channel(scale * weight) + _per_channel(bias)
+    return y.to(x.dtype), mean, scale
+
+
+@fused_kernel
+def _linf_backward_fused(grad, x, weight, mean, scale, const: float):
+    """_TopKScale's backward for k = 1 as plain ops (fused by torch.compile): the gradients of
+    x, weight and bias. The selected entry is the eager kernel's: the first largest |x - mu| in
+    (h, w, sample) order; a comparison of each entry's position with it puts the sign term
+    into the same pass as the rest."""
+    batch, channels, height, width = x.shape
+    n = _values_per_channel(x)
+    g, d = grad.to(mean.dtype), x.to(mean.dtype) - _per_channel(mean)
+    sum_grad, sum_grad_dev = g.sum(_DIMS), (g * d).sum(_DIMS)
+    by_position = d.permute(1, 2, 3, 0).reshape(channels, -1)  # (C, H*W*N), sample fastest
+    picked = by_position.abs().argmax(1, keepdim=True)
+    sign = by_position.gather(1, picked).sign().squeeze(1)
+    position = (torch.arange(height * width, device=x.device).view(1, 1, height, width) * batch
+                + torch.arange(batch, device=x.device).view(batch, 1, 1, 1))
+    selected = position == picked.view(1, channels, 1, 1)
+    sign_coef = const * scale * sum_grad_dev  # c_n * s * sum(g * d) / k, k = 1
+    grad_x = _per_channel(weight * scale) * (
+        g - _per_channel((sum_grad - sign_coef * sign) / n)
+        - torch.where(selected, _per_channel(sign_coef * sign), 0.0))
+    return grad_x.to(grad.dtype), scale * sum_grad_dev, sum_grad
+
+
 class _TopKScale(torch.autograd.Function):
     """y = (x - mu) * s * w + b, s = 1 / (c_n * mean(topk(|x - mu|, k)) + eps).
 
     With d = x - mu, S the k selected entries and 1_S their indicator, per channel:
     dL/dx = w * s * (g - mean(g) - c_n * s * sum(g * d) / k * (1_S * sign(d) - sum_S(sign(d)) / n)).
-    The sign term touches only the k selected entries.
+    The sign term touches only the k selected entries. ``fused`` (k = 1 only): the compiled
+    kernels (two passes over x forward, two backward), else eager kernels.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, k, eps):
-        x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
+    def forward(ctx, x, weight, bias, k, eps, fused):
         n = _values_per_channel(x)
         k = min(k, n)
-        mean = _channel_mean(x)
-        top_abs, flat_index = _top_abs_deviations(x, mean, k)
         const = _linf_to_std(n)
-        scale = 1.0 / (const * top_abs.mean(1) + eps)
-        out = channel_affine(x, mean, scale * weight, bias)
-        ctx.save_for_backward(x, weight, mean, scale, flat_index)
-        ctx.const, ctx.k = const, k
+        ctx.const, ctx.k, ctx.fused = const, k, fused and k == 1
+        result = _linf_forward_fused(x, weight, bias, const, eps) if ctx.fused else None
+        flat_index = ()
+        if result is None:
+            x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
+            mean = _channel_mean(x)
+            top_abs, flat_index = _top_abs_deviations(x, mean, k)
+            scale = 1.0 / (const * top_abs.mean(1) + eps)
+            result = channel_affine(x, mean, scale * weight, bias), mean, scale
+            flat_index = (flat_index,)
+        out, mean, scale = result
+        ctx.save_for_backward(x, weight, mean, scale, *flat_index)
         ctx.mark_non_differentiable(mean, scale)
         return out, mean, scale
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_scale):
-        x, weight, mean, scale, flat_index = ctx.saved_tensors
+        x, weight, mean, scale, *flat_index = ctx.saved_tensors
+        if ctx.fused:
+            grads = _linf_backward_fused(like_format(grad_out, x), x, weight, mean, scale, ctx.const)
+            if grads is not None:
+                grad_x, grad_weight, grad_bias = grads
+                return (grad_x if ctx.needs_input_grad[0] else None, grad_weight, grad_bias,
+                        None, None, None)
+        x = x.contiguous()
+        # No saved indices: the fused forward ran but compiling the backward failed; find them.
+        flat_index = flat_index[0] if flat_index else _top_abs_deviations(x, mean, ctx.k)[1]
         grad_out = grad_out.contiguous()  # grad_x follows its layout and takes flat indices
         n = _values_per_channel(x)
         sum_grad, sum_grad_dev = channel_sums(grad_out, x, mean)
@@ -256,7 +306,7 @@ class _TopKScale(torch.autograd.Function):
             grad_x = channel_affine(grad_out, shift, gain, None)
             grad_x.view(-1).index_add_(0, flat_index.view(-1),
                                        (-(gain * sign_coef)[:, None] * sign).view(-1).to(grad_x.dtype))
-        return grad_x, scale * sum_grad_dev, sum_grad, None, None
+        return grad_x, scale * sum_grad_dev, sum_grad, None, None, None
 
 
 class _LpScale(torch.autograd.Function):
@@ -416,19 +466,28 @@ class TopKBatchNorm2d(_ScaledBatchNorm2d):
     const turns the expected maximum deviation of n Gaussian values into sigma. k = 1 is the
     paper's pure L-infinity norm; the authors' later code uses k = 10. A batch with fewer than
     k values per channel (n < k) averages all n of them (k_eff = min(k, n)).
+
+    ``fused=True`` (or :func:`zoo.fuse_norms` on a model), for k = 1 only, runs training mode
+    through kernels compiled by torch.compile, as :class:`L1BatchNorm2d`'s.
     """
 
-    def __init__(self, num_features: int, k: int = 10, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, k: int = 10, eps: float = 1e-5, momentum: float = 0.1,
+                 fused: bool = False):
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
+        if fused and k != 1:
+            raise ValueError(f"fused kernels exist for k=1 (the L-infinity norm) only, got k={k}; "
+                             f"pass fused=False")
         super().__init__(num_features, eps, momentum)
         self.k = k
+        self.fused = fused
 
     def _batch_normalize(self, x, weight, bias):
-        return _TopKScale.apply(x, weight, bias, self.k, self.eps)
+        return _TopKScale.apply(x, weight, bias, self.k, self.eps, self.fused)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, k={self.k}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, k={self.k}, eps={self.eps}, momentum={self.momentum}"
+                + (", fused=True" if self.fused else ""))
 
 
 class LpBatchNorm2d(_ScaledBatchNorm2d):
