@@ -219,37 +219,44 @@ def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int):
 
 @fused_kernel
 def _linf_forward_fused(x, weight, bias, const: float, eps: float):
-    """_TopKScale's forward for k = 1 as plain ops (fused by torch.compile): (y, mean, scale).
-    The largest |x - mu| is max(max(x) - mu, mu - min(x)), so one pass takes every statistic."""
+    """_TopKScale's forward for k = 1 as plain ops (fused by torch.compile): (y, mean, scale,
+    top). The largest |x - mu|, top, is max(max(x) - mu, mu - min(x)), so one pass takes every
+    statistic."""
     values = x.to(weight.dtype)
     mean = values.mean(_DIMS)
     top = torch.maximum(values.amax(_DIMS) - mean, mean - values.amin(_DIMS))
     scale = 1.0 / (const * top + eps)
     y = (values - _per_channel(mean)) * _per_channel(scale * weight) + _per_channel(bias)
-    return y.to(x.dtype), mean, scale
+    return y.to(x.dtype), mean, scale, top
 
 
 @fused_kernel
-def _linf_backward_fused(grad, x, weight, mean, scale, const: float):
+def _linf_backward_fused(grad, x, weight, mean, scale, top, const: float):
     """_TopKScale's backward for k = 1 as plain ops (fused by torch.compile): the gradients of
-    x, weight and bias. The selected entry is the eager kernel's: the first largest |x - mu| in
-    (h, w, sample) order; a comparison of each entry's position with it puts the sign term
-    into the same pass as the rest."""
+    x, weight and bias, and each channel's selected entry (its position key; N * H * W where
+    no entry matched ``top``).
+
+    The selected entry is the eager kernel's: the first with the largest |x - mu| in (h, w,
+    sample) order. A minimum over int32 keys, ``2 * position + (x < mu)``, finds it and its
+    sign in the same pass as the sums (x - mu rounds exactly as in the forward, so the largest
+    matches ``top`` bit for bit); comparing each entry's position with it puts the sign term
+    into the writing pass."""
     batch, channels, height, width = x.shape
     n = _values_per_channel(x)
     g, d = grad.to(mean.dtype), x.to(mean.dtype) - _per_channel(mean)
     sum_grad, sum_grad_dev = g.sum(_DIMS), (g * d).sum(_DIMS)
-    by_position = d.permute(1, 2, 3, 0).reshape(channels, -1)  # (C, H*W*N), sample fastest
-    picked = by_position.abs().argmax(1, keepdim=True)
-    sign = by_position.gather(1, picked).sign().squeeze(1)
-    position = (torch.arange(height * width, device=x.device).view(1, 1, height, width) * batch
-                + torch.arange(batch, device=x.device).view(batch, 1, 1, 1))
-    selected = position == picked.view(1, channels, 1, 1)
-    sign_coef = const * scale * sum_grad_dev  # c_n * s * sum(g * d) / k, k = 1
+    position = (torch.arange(height * width, dtype=torch.int32, device=x.device)
+                .view(1, 1, height, width) * batch
+                + torch.arange(batch, dtype=torch.int32, device=x.device).view(batch, 1, 1, 1))
+    key = torch.where(d.abs() == _per_channel(top), 2 * position + (d < 0).int(), 2 * n)
+    first = key.amin(_DIMS)
+    picked = first >> 1
+    sign = torch.where(top == 0, 0.0, 1.0 - 2.0 * (first & 1))
+    sign_coef = const * scale * sum_grad_dev * sign  # c_n * s * sum(g * d) / k * sign, k = 1
     grad_x = _per_channel(weight * scale) * (
-        g - _per_channel((sum_grad - sign_coef * sign) / n)
-        - torch.where(selected, _per_channel(sign_coef * sign), 0.0))
-    return grad_x.to(grad.dtype), scale * sum_grad_dev, sum_grad
+        g - _per_channel((sum_grad - sign_coef) / n)
+        - torch.where(position == _per_channel(picked), _per_channel(sign_coef), 0.0))
+    return grad_x.to(grad.dtype), scale * sum_grad_dev, sum_grad, picked
 
 
 class _TopKScale(torch.autograd.Function):
@@ -268,32 +275,34 @@ class _TopKScale(torch.autograd.Function):
         const = _linf_to_std(n)
         ctx.const, ctx.k, ctx.fused = const, k, fused and k == 1
         result = _linf_forward_fused(x, weight, bias, const, eps) if ctx.fused else None
-        flat_index = ()
         if result is None:
             x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
             mean = _channel_mean(x)
             top_abs, flat_index = _top_abs_deviations(x, mean, k)
             scale = 1.0 / (const * top_abs.mean(1) + eps)
-            result = channel_affine(x, mean, scale * weight, bias), mean, scale
-            flat_index = (flat_index,)
-        out, mean, scale = result
-        ctx.save_for_backward(x, weight, mean, scale, *flat_index)
+            result = channel_affine(x, mean, scale * weight, bias), mean, scale, flat_index
+        out, mean, scale, found = result  # found: the fused kernels' top, else the indices
+        ctx.save_for_backward(x, weight, mean, scale, found)
         ctx.mark_non_differentiable(mean, scale)
         return out, mean, scale
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_scale):
-        x, weight, mean, scale, *flat_index = ctx.saved_tensors
-        if ctx.fused:
-            grads = _linf_backward_fused(like_format(grad_out, x), x, weight, mean, scale, ctx.const)
-            if grads is not None:
-                grad_x, grad_weight, grad_bias = grads
+        x, weight, mean, scale, found = ctx.saved_tensors
+        if found.is_floating_point():  # the fused forward ran
+            grads = _linf_backward_fused(like_format(grad_out, x), x, weight, mean, scale, found,
+                                         ctx.const)
+            # A channel without a selected entry would mean x - mu rounded differently from
+            # the forward; never seen, but the eager kernels are the safe answer then.
+            if grads is not None and bool((grads[3] < _values_per_channel(x)).all()):
+                grad_x, grad_weight, grad_bias, _ = grads
                 return (grad_x if ctx.needs_input_grad[0] else None, grad_weight, grad_bias,
                         None, None, None)
-        x = x.contiguous()
-        # No saved indices: the fused forward ran but compiling the backward failed; find them.
-        flat_index = flat_index[0] if flat_index else _top_abs_deviations(x, mean, ctx.k)[1]
+            # The backward's compile failed, or no match: find the entries again.
+            x = x.contiguous()
+            found = _top_abs_deviations(x, mean, ctx.k)[1]
+        flat_index = found
         grad_out = grad_out.contiguous()  # grad_x follows its layout and takes flat indices
         n = _values_per_channel(x)
         sum_grad, sum_grad_dev = channel_sums(grad_out, x, mean)
