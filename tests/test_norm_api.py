@@ -57,11 +57,12 @@ def test_replace_norms_keeps_a_zoo_models_config_true():
 
 @pytest.mark.parametrize("name, training, evaluating", [
     ("resnet20_bn", True, True), ("resnet20_gn", False, False), ("resnet20_ilm", False, False),
-    ("resnet20_l1bn", True, True), ("resnet20_linfbn", False, True), ("resnet20_bwn", True, True)])
+    ("resnet20_l1bn", True, True), ("resnet20_linfbn", True, True),
+    ("resnet20_topkbn", False, True), ("resnet20_bwn", True, True)])
 def test_memory_format_preference_for_training_and_for_eval(name, training, evaluating):
     """Eval mode turns the top-k layers into BatchNorm's affine kernel: channels_last then
-    suits them as it suits BN (L1 BN's fused kernels suit it in training too); GroupNorm-style
-    kernels stay contiguous either way."""
+    suits them as it suits BN (the L1 and L-infinity BN fused kernels suit it in training
+    too); GroupNorm-style kernels stay contiguous either way."""
     with torch.device("meta"):
         model = zoo.create_model(name)
     assert zoo.prefers_channels_last(model) is training

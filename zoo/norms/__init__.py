@@ -61,9 +61,9 @@ class NormSpec:
     # convs and BatchNorm, but GroupNorm-style kernels run several times slower on it.
     # Measured per method by eval/benchmark.py's train suite (eval/results/memory-format/):
     # GroupNorm-style kernels (gn, ilm; in, ln and ilm_in/ilm_ln follow them) and the eager
-    # top-k layers train faster contiguous; L1 BN with its fused kernels (the trainer's
-    # default) in channels_last (eval/results/fused/: 1.06x resnet20_bn's img/s, 0.85x
-    # contiguous).
+    # top-k layers (topkbn) train faster contiguous; L1 and L-infinity BN with their fused
+    # kernels (the trainer's default) in channels_last (eval/results/fused/: l1bn 1.06x
+    # resnet20_bn's img/s, 0.85x contiguous; eval/results/fused-linf/: linfbn 0.99x, 0.84x).
     channels_last: bool = True
     # The same in eval mode, where it differs (None: as channels_last). In eval the L1 / top-k
     # layers are BatchNorm's affine kernel, so convs set the format: channels_last (measured:
@@ -324,8 +324,6 @@ register_norm(NormSpec(
     make=lambda c, **kw: TopKBatchNorm2d(c, k=1, **kw),
     kwargs=dict(_BN_KWARGS),
     paper=_NM_PAPER,
-    channels_last=False,
-    eval_channels_last=True,
 ))
 register_norm(NormSpec(
     name="topkbn",
