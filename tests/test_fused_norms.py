@@ -158,8 +158,12 @@ def test_linf_backward_after_a_compiled_forward_falls_back_to_eager(cause, monke
     grad = _input((4, 3, 5, 6), torch.float64, seed=2)
     if cause == "no entry matches":  # a top the backward's |x - mu| never equals
         forward = norm_matters._linf_forward_fused
-        monkeypatch.setattr(norm_matters, "_linf_forward_fused",
-                            lambda *args: (lambda y, m, s, top: (y, m, s, top * 1.5))(*forward(*args)))
+
+        def forward_with_a_wrong_top(*args):
+            y, mean, scale, top = forward(*args)
+            return y, mean, scale, top * 1.5
+
+        monkeypatch.setattr(norm_matters, "_linf_forward_fused", forward_with_a_wrong_top)
     out = layer(x)
     if cause == "compile failure":
         monkeypatch.setattr(common, "_fused_failure", "RuntimeError: gone")

@@ -273,8 +273,8 @@ class _TopKScale(torch.autograd.Function):
         n = _values_per_channel(x)
         k = min(k, n)
         const = _linf_to_std(n)
-        ctx.const, ctx.k, ctx.fused = const, k, fused and k == 1
-        result = _linf_forward_fused(x, weight, bias, const, eps) if ctx.fused else None
+        ctx.const, ctx.k = const, k
+        result = _linf_forward_fused(x, weight, bias, const, eps) if fused and k == 1 else None
         if result is None:
             x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
             mean = _channel_mean(x)
