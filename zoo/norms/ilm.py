@@ -47,6 +47,8 @@ class ILMNorm(nn.Module):
     (seconds). Same formula; without a working compiler it warns once and stays eager.
     """
 
+    has_fused_kernels = True
+
     def __init__(self, num_channels: int, base: str = "gn", *, max_groups: int = 32,
                  min_group_channels: int = 2, key_group_size: int = 16, reduction: int = 16,
                  eps: float = 1e-5, fused: bool = False):

@@ -453,6 +453,8 @@ class L1BatchNorm2d(_ScaledBatchNorm2d):
     compiles (seconds). Same formula; without a working compiler it warns once and stays eager.
     """
 
+    has_fused_kernels = True
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  fused: bool = False):
         super().__init__(num_features, eps, momentum)
@@ -484,12 +486,16 @@ class TopKBatchNorm2d(_ScaledBatchNorm2d):
                  fused: bool = False):
         if k < 1:
             raise ValueError(f"k must be a positive integer, got {k}")
-        if fused and k != 1:
-            raise ValueError(f"fused kernels exist for k=1 (the L-infinity norm) only, got k={k}; "
-                             f"pass fused=False")
         super().__init__(num_features, eps, momentum)
         self.k = k
+        if fused and not self.has_fused_kernels:
+            raise ValueError(f"fused kernels exist for k=1 (the L-infinity norm) only, got k={k}; "
+                             f"pass fused=False")
         self.fused = fused
+
+    @property
+    def has_fused_kernels(self) -> bool:
+        return self.k == 1
 
     def _batch_normalize(self, x, weight, bias):
         return _TopKScale.apply(x, weight, bias, self.k, self.eps, self.fused)
