@@ -344,7 +344,8 @@ def train_worker(spec: dict) -> dict:
                 "--channels-last" if spec["channels_last"] else "--no-channels-last"]
         run = Run(parse_args(argv))
         run.train_epoch()
-    return {"seconds": run.step_seconds[spec["warmup"]:]}
+    # The recipe's method adjustments may turn autocast off (bwn trains in float32).
+    return {"seconds": run.step_seconds[spec["warmup"]:], "amp": run.recipe.amp}
 
 
 class PilCifar(torch.utils.data.Dataset):
@@ -409,6 +410,7 @@ def suite_train(args, device, clock) -> list[dict]:
                  "device": str(device)}
     methods = args.methods
     results = {}  # (method, channels_last) -> [img/s per repeat]
+    dtypes = {}  # method -> the dtype its trainer defaults run in
     for _ in range(args.train_repeats):  # methods take turns within each repeat
         for method in methods:
             for channels_last in (True, False):
@@ -416,6 +418,7 @@ def suite_train(args, device, clock) -> list[dict]:
                 r = _worker_in_fresh_process("--worker-train", spec)
                 results.setdefault((method, channels_last), []).append(
                     batch / statistics.median(r["seconds"]))
+                dtypes[method] = "bf16" if r["amp"] else "fp32"
         r = _worker_in_fresh_process("--worker-seed-loop", {**base_spec, "model": "resnet20_bn"})
         results.setdefault(("seed-style loop", None), []).append(batch / statistics.median(r["seconds"]))
     default = {m: zoo.get_norm(m).channels_last for m in methods}
@@ -426,7 +429,7 @@ def suite_train(args, device, clock) -> list[dict]:
             name, dtype = "seed-style loop (resnet20_bn)", "fp32"
             config = f"seed-style loop, batch {batch}, PIL + DataLoader, contiguous"
         else:
-            name, dtype = f"resnet20_{method}", "bf16"
+            name, dtype = f"resnet20_{method}", dtypes[method]
             layout = "channels_last" if channels_last else "contiguous"
             default_mark = " (default)" if channels_last == default[method] else ""
             config = f"trainer, batch {batch}, {layout}{default_mark}"

@@ -111,4 +111,13 @@ def test_benchmark_train_suite_runs_the_trainer_in_both_memory_formats(tiny_benc
         assert ("channels_last" in r["config"]) == declared
         assert r["name"] == "resnet20_bn" or (r["baseline"] == "bn" and r["target"])
     assert all(not r["target"] for r in trainer if r not in defaults)
+    assert {r["dtype"] for r in trainer} == {"bf16"}  # these methods' recipes keep autocast
     assert any(r["name"].startswith("seed-style loop") and r["baseline"] == "bn" for r in train)
+
+
+def test_benchmark_train_worker_reports_the_precision_the_trainer_ran_in():
+    # bwn's method adjustment turns autocast off; its train row must not say bf16.
+    spec = {"data": str(benchmark.CIFAR10), "batch": 16, "warmup": 1, "steps": 1,
+            "device": "cpu", "model": "resnet20_bwn", "channels_last": False}
+    result = benchmark.train_worker(spec)
+    assert result["amp"] is False and len(result["seconds"]) == 1
