@@ -616,7 +616,7 @@ def readme_section(rows: list[dict], header: dict, full_results: str) -> str:
         lines.append(_goal_line(label, these))
     train = [r for r in rows if r["suite"] == "train" and r["target"] != ""]
     lines.append(_goal_line(f"every method's ResNet-20 trainer img/s ≥ {TRAIN_TARGET}x resnet20_bn's "
-                            f"(bf16, each in its default memory format)", train))
+                            f"(trainer defaults: each method's memory format and precision)", train))
     for method, target in INFERENCE_TARGETS.items():
         these = [r for r in rows if r["suite"] == "inference" and r["name"].endswith(f"_{method}")
                  and r["target"] != ""]
