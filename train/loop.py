@@ -78,9 +78,10 @@ def parser() -> argparse.ArgumentParser:
                         "zoo.prefers_channels_last; a resumed run keeps its own)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fused-norms", action=argparse.BooleanOptionalAction, default=True,
-                   help="compiled training kernels for the norms that have them (ILM, L1 and "
-                        "L-inf BN; zoo.fuse_norms): the same formula at about GroupNorm's / "
-                        "BatchNorm2d's speed, after a few seconds of compiling per input shape")
+                   help="compiled training kernels for the norms that have them (ILM, L1, "
+                        "L-inf and top-k BN; zoo.fuse_norms): the same formula at about "
+                        "GroupNorm's / BatchNorm2d's speed, after a few seconds of compiling per "
+                        "input shape")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on GPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--limit-train", type=int, help="use only the first N training images (smoke runs)")

@@ -60,10 +60,12 @@ class NormSpec:
     # The memory format its models train and evaluate fastest in on CPU: channels_last helps
     # convs and BatchNorm, but GroupNorm-style kernels run several times slower on it.
     # Measured per method by eval/benchmark.py's train suite (eval/results/memory-format/):
-    # GroupNorm-style kernels (gn, ilm; in, ln and ilm_in/ilm_ln follow them) and the eager
-    # top-k layers (topkbn) train faster contiguous; L1 and L-infinity BN with their fused
-    # kernels (the trainer's default) in channels_last (eval/results/fused/: l1bn 1.06x
-    # resnet20_bn's img/s, 0.85x contiguous; eval/results/fused-linf/: linfbn 0.99x, 0.84x).
+    # GroupNorm-style kernels (gn, ilm; in, ln and ilm_in/ilm_ln follow them) and the top-k
+    # layers (topkbn, which index entries of the contiguous layout; eval/results/fused-topk/
+    # train: 0.84x resnet20_bn, 0.66x channels_last) train faster contiguous; L1 and
+    # L-infinity BN with their fused kernels (the trainer's default) in channels_last
+    # (eval/results/fused/: l1bn 1.06x resnet20_bn's img/s, 0.85x contiguous;
+    # eval/results/fused-linf/: linfbn 0.99x, 0.84x).
     channels_last: bool = True
     # The same in eval mode, where it differs (None: as channels_last). In eval the L1 / top-k
     # layers are BatchNorm's affine kernel, so convs set the format: channels_last (measured:
@@ -131,7 +133,8 @@ def get_norm(name: str) -> NormSpec:
 
 def fuse_norms(model: nn.Module, enabled: bool = True) -> int:
     """Turn the compiled training kernels of ``model``'s norm layers on (or off): ILM-Norm, L1
-    and L-infinity batch norm train about as fast as GroupNorm / BatchNorm2d with them. The
+    and L-infinity batch norm train about as fast as GroupNorm / BatchNorm2d with them, and
+    top-k batch norm compiles its statistics pass. The
     first training step per input shape compiles (seconds on CPU); without a working compiler
     the layers warn once and stay eager. A layer takes part where its ``has_fused_kernels`` is
     true (a registered norm of your own can declare it, with a ``fused`` attribute). Returns how

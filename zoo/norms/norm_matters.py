@@ -188,26 +188,45 @@ def _top_k_per_row(values: torch.Tensor, k: int):
     return top_values, picked & low_bits
 
 
-def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int):
-    """Per channel, the k largest |x - mu| and where they are in x.
+def _block_deviations(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(C, H*W): each spatial position's largest |x - mu| over the batch, in mean's dtype
+    (so no rounding mis-ranks blocks), max(max(x) - mu, mu - min(x)) from two reductions
+    over N, updated in place: fresh allocations cost page faults on CPU."""
+    rows = x.view(x.size(0), x.size(1), -1)
+    mean_col = mean[:, None]
+    block_max = rows.amax(0).to(mean.dtype).sub_(mean_col)
+    return torch.maximum(block_max, rows.amin(0).to(mean.dtype).neg_().add_(mean_col),
+                         out=block_max)
+
+
+@fused_kernel
+def _topk_statistics_fused(x: torch.Tensor, weight: torch.Tensor):
+    """_TopKScale's statistics as plain ops, which torch.compile fuses into one read of x
+    (eager takes three): each channel's mean, in weight's dtype, and _block_deviations.
+    The sums run over N first, the iteration space of the maxima, so one loop does all."""
+    rows = x.view(x.size(0), x.size(1), -1).to(weight.dtype)
+    mean = rows.sum(0).sum(1) / _values_per_channel(x)
+    mean_col = mean[:, None]
+    return mean, torch.maximum(rows.amax(0) - mean_col, mean_col - rows.amin(0))
+
+
+def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int,
+                        block_dev: torch.Tensor | None = None):
+    """Per channel, the k largest |x - mu| and where they are in x (contiguous).
 
     Never materialises |x - mu|: each spatial position's N values form a block, whose
-    largest deviation is max(max(x) - mu, mu - min(x)), from two cheap reductions over N.
-    The top-k entries lie in the k blocks with the largest block maxima (a block outside them
-    is beaten by k blocks, so by k entries), so only k * N candidates per channel are
-    gathered and ranked. Temporaries are updated in place: fresh allocations of this size
-    cost page faults on CPU. Returns (values (C, k), flat indices into x (C, k)).
+    largest deviation ``block_dev`` (_block_deviations, computed here unless given) is
+    cheap. The top-k entries lie in the k blocks with the largest block maxima (a block
+    outside them is beaten by k blocks, so by k entries), so only k * N candidates per
+    channel are gathered and ranked. Returns (values (C, k), flat indices into x (C, k)).
     """
     batch, channels = x.size(0), x.size(1)
-    rows = x.view(batch, channels, -1)
-    spatial_size = rows.size(2)
-    mean_col = mean[:, None]
-    # (C, H*W) maxima, small: taken to the statistics dtype, so no rounding mis-ranks blocks.
-    block_max = rows.amax(0).to(mean.dtype).sub_(mean_col)
-    torch.maximum(block_max, rows.amin(0).to(mean.dtype).neg_().add_(mean_col), out=block_max)
+    spatial_size = x.size(2) * x.size(3)
+    if block_dev is None:
+        block_dev = _block_deviations(x, mean)
     num_blocks = min(k, spatial_size)
-    _, block_pos = _top_k_per_row(block_max, num_blocks)  # (C, num_blocks)
-    by_channel = rows.permute(1, 0, 2)  # (C, N, H*W) view
+    _, block_pos = _top_k_per_row(block_dev, num_blocks)  # (C, num_blocks)
+    by_channel = x.view(batch, channels, -1).permute(1, 0, 2)  # (C, N, H*W) view
     candidates = by_channel.gather(2, block_pos[:, None, :].expand(channels, batch, num_blocks))
     candidates = candidates.to(mean.dtype).sub_(mean[:, None, None]).abs_().view(channels, -1)
     top_abs, top_pos = _top_k_per_row(candidates, k)
@@ -264,8 +283,9 @@ class _TopKScale(torch.autograd.Function):
 
     With d = x - mu, S the k selected entries and 1_S their indicator, per channel:
     dL/dx = w * s * (g - mean(g) - c_n * s * sum(g * d) / k * (1_S * sign(d) - sum_S(sign(d)) / n)).
-    The sign term touches only the k selected entries. ``fused`` (k = 1 only): the compiled
-    kernels (two passes over x forward, two backward), else eager kernels.
+    The sign term touches only the k selected entries. ``fused``: for k = 1 the compiled
+    kernels (two passes over x forward, two backward); for k > 1 the compiled statistics
+    pass (_topk_statistics_fused), the rest eager; else eager kernels.
     """
 
     @staticmethod
@@ -277,8 +297,9 @@ class _TopKScale(torch.autograd.Function):
         result = _linf_forward_fused(x, weight, bias, const, eps) if fused and k == 1 else None
         if result is None:
             x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
-            mean = _channel_mean(x)
-            top_abs, flat_index = _top_abs_deviations(x, mean, k)
+            statistics = _topk_statistics_fused(x, weight) if fused and k > 1 else None
+            mean, block_dev = statistics if statistics is not None else (_channel_mean(x), None)
+            top_abs, flat_index = _top_abs_deviations(x, mean, k, block_dev)
             scale = 1.0 / (const * top_abs.mean(1) + eps)
             result = channel_affine(x, mean, scale * weight, bias), mean, scale, flat_index
         out, mean, scale, found = result  # found: the fused kernels' top, else the indices
@@ -478,9 +499,13 @@ class TopKBatchNorm2d(_ScaledBatchNorm2d):
     paper's pure L-infinity norm; the authors' later code uses k = 10. A batch with fewer than
     k values per channel (n < k) averages all n of them (k_eff = min(k, n)).
 
-    ``fused=True`` (or :func:`zoo.fuse_norms` on a model), for k = 1 only, runs training mode
-    through kernels compiled by torch.compile, as :class:`L1BatchNorm2d`'s.
+    ``fused=True`` (or :func:`zoo.fuse_norms` on a model) runs training mode through kernels
+    compiled by torch.compile, as :class:`L1BatchNorm2d`'s: all of it for k = 1; for k > 1
+    the pass that takes the mean and each position's largest deviation (one read of x where
+    eager kernels take three), while the k entries are still selected by eager kernels.
     """
+
+    has_fused_kernels = True
 
     def __init__(self, num_features: int, k: int = 10, eps: float = 1e-5, momentum: float = 0.1,
                  fused: bool = False):
@@ -488,14 +513,7 @@ class TopKBatchNorm2d(_ScaledBatchNorm2d):
             raise ValueError(f"k must be a positive integer, got {k}")
         super().__init__(num_features, eps, momentum)
         self.k = k
-        if fused and not self.has_fused_kernels:
-            raise ValueError(f"fused kernels exist for k=1 (the L-infinity norm) only, got k={k}; "
-                             f"pass fused=False")
         self.fused = fused
-
-    @property
-    def has_fused_kernels(self) -> bool:
-        return self.k == 1
 
     def _batch_normalize(self, x, weight, bias):
         return _TopKScale.apply(x, weight, bias, self.k, self.eps, self.fused)
