@@ -62,7 +62,7 @@ class NormSpec:
     # Measured per method by eval/benchmark.py's train suite (eval/results/memory-format/):
     # GroupNorm-style kernels (gn, ilm; in, ln and ilm_in/ilm_ln follow them) and the top-k
     # layers (topkbn, which index entries of the contiguous layout; eval/results/fused-topk/
-    # train: 0.84x resnet20_bn, 0.66x channels_last) train faster contiguous; L1 and
+    # train: 0.89x resnet20_bn, 0.66x channels_last) train faster contiguous; L1 and
     # L-infinity BN with their fused kernels (the trainer's default) in channels_last
     # (eval/results/fused/: l1bn 1.06x resnet20_bn's img/s, 0.85x contiguous;
     # eval/results/fused-linf/: linfbn 0.99x, 0.84x).

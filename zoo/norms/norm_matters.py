@@ -199,37 +199,46 @@ def _block_deviations(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
                          out=block_max)
 
 
+def _torch_topk(values: torch.Tensor, k: int):
+    return values.topk(k, 1)
+
+
 @fused_kernel
-def _topk_statistics_fused(x: torch.Tensor, weight: torch.Tensor):
-    """_TopKScale's statistics as plain ops, which torch.compile fuses into one read of x
-    (eager takes three): each channel's mean, in weight's dtype, and _block_deviations.
-    The sums run over N first, the iteration space of the maxima, so one loop does all."""
+def _topk_selection_fused(x: torch.Tensor, weight: torch.Tensor, k: int):
+    """_TopKScale's forward statistics for k > 1 as plain ops for torch.compile: the mean, in
+    weight's dtype, then _top_abs_deviations' values and indices. One loop reads x for both
+    the channel sums and the block maxima, where eager kernels take three passes: the sums
+    run over N first, the maxima's iteration space. The selection around torch.topk fuses
+    too; on two threads this beats _top_k_per_row's eager max rounds, whose small ops gain
+    nothing from threads while torch.topk splits its rows between them."""
     rows = x.view(x.size(0), x.size(1), -1).to(weight.dtype)
     mean = rows.sum(0).sum(1) / _values_per_channel(x)
     mean_col = mean[:, None]
-    return mean, torch.maximum(rows.amax(0) - mean_col, mean_col - rows.amin(0))
+    block_dev = torch.maximum(rows.amax(0) - mean_col, mean_col - rows.amin(0))
+    return (mean, *_top_abs_deviations(x, mean, k, block_dev, _torch_topk))
 
 
 def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int,
-                        block_dev: torch.Tensor | None = None):
+                        block_dev: torch.Tensor | None = None, top_k=_top_k_per_row):
     """Per channel, the k largest |x - mu| and where they are in x (contiguous).
 
     Never materialises |x - mu|: each spatial position's N values form a block, whose
     largest deviation ``block_dev`` (_block_deviations, computed here unless given) is
     cheap. The top-k entries lie in the k blocks with the largest block maxima (a block
     outside them is beaten by k blocks, so by k entries), so only k * N candidates per
-    channel are gathered and ranked. Returns (values (C, k), flat indices into x (C, k)).
+    channel are gathered and ranked, by ``top_k(values, k)`` per row. Returns (values
+    (C, k), flat indices into x (C, k)).
     """
     batch, channels = x.size(0), x.size(1)
     spatial_size = x.size(2) * x.size(3)
     if block_dev is None:
         block_dev = _block_deviations(x, mean)
     num_blocks = min(k, spatial_size)
-    _, block_pos = _top_k_per_row(block_dev, num_blocks)  # (C, num_blocks)
+    _, block_pos = top_k(block_dev, num_blocks)  # (C, num_blocks)
     by_channel = x.view(batch, channels, -1).permute(1, 0, 2)  # (C, N, H*W) view
     candidates = by_channel.gather(2, block_pos[:, None, :].expand(channels, batch, num_blocks))
     candidates = candidates.to(mean.dtype).sub_(mean[:, None, None]).abs_().view(channels, -1)
-    top_abs, top_pos = _top_k_per_row(candidates, k)
+    top_abs, top_pos = top_k(candidates, k)
     sample = top_pos // num_blocks
     spatial = block_pos.gather(1, top_pos % num_blocks)
     channel = torch.arange(channels, device=x.device)[:, None]
@@ -284,8 +293,8 @@ class _TopKScale(torch.autograd.Function):
     With d = x - mu, S the k selected entries and 1_S their indicator, per channel:
     dL/dx = w * s * (g - mean(g) - c_n * s * sum(g * d) / k * (1_S * sign(d) - sum_S(sign(d)) / n)).
     The sign term touches only the k selected entries. ``fused``: for k = 1 the compiled
-    kernels (two passes over x forward, two backward); for k > 1 the compiled statistics
-    pass (_topk_statistics_fused), the rest eager; else eager kernels.
+    kernels (two passes over x forward, two backward); for k > 1 the compiled statistics and
+    selection (_topk_selection_fused), then eager kernels; else eager kernels.
     """
 
     @staticmethod
@@ -297,9 +306,11 @@ class _TopKScale(torch.autograd.Function):
         result = _linf_forward_fused(x, weight, bias, const, eps) if fused and k == 1 else None
         if result is None:
             x = x.contiguous()  # the selected entries are kept as flat (N, C, H, W) indices
-            statistics = _topk_statistics_fused(x, weight) if fused and k > 1 else None
-            mean, block_dev = statistics if statistics is not None else (_channel_mean(x), None)
-            top_abs, flat_index = _top_abs_deviations(x, mean, k, block_dev)
+            selected = _topk_selection_fused(x, weight, k) if fused and k > 1 else None
+            if selected is None:
+                mean = _channel_mean(x)
+                selected = (mean, *_top_abs_deviations(x, mean, k))
+            mean, top_abs, flat_index = selected
             scale = 1.0 / (const * top_abs.mean(1) + eps)
             result = channel_affine(x, mean, scale * weight, bias), mean, scale, flat_index
         out, mean, scale, found = result  # found: the fused kernels' top, else the indices
@@ -501,8 +512,8 @@ class TopKBatchNorm2d(_ScaledBatchNorm2d):
 
     ``fused=True`` (or :func:`zoo.fuse_norms` on a model) runs training mode through kernels
     compiled by torch.compile, as :class:`L1BatchNorm2d`'s: all of it for k = 1; for k > 1
-    the pass that takes the mean and each position's largest deviation (one read of x where
-    eager kernels take three), while the k entries are still selected by eager kernels.
+    the statistics and the selection of the k entries (one read of x where eager kernels
+    take three), while the output and the backward run batch norm's eager kernels.
     """
 
     has_fused_kernels = True
