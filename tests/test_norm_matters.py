@@ -153,9 +153,19 @@ def test_topk_finds_entries_crowded_into_one_position(k):
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.fixture
+def single_thread():
+    """_top_k_per_row takes its max rounds on one thread only (torch.topk on more)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("name", ["linf", "top10"])
 def test_topk_with_many_channels_in_float32(name):
-    # 512 channels take the vectorised max-rounds selection rather than torch.topk.
+    # 512 channels on one thread take the vectorised max-rounds selection, not torch.topk.
     layer = _layer(name, 512)
     x = _input((4, 512, 3, 3)).requires_grad_()
     grad = _input((4, 512, 3, 3), seed=2)
@@ -171,12 +181,14 @@ def test_topk_with_many_channels_in_float32(name):
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_top_k_per_row_rounds_match_topk_with_ties():
+def test_top_k_per_row_rounds_match_topk_with_ties(single_thread, monkeypatch):
     gen = torch.Generator().manual_seed(3)
     values = torch.randint(0, 20, (600, 50), generator=gen).float() / 4  # many ties, zeros
     values[0] = 0.0
+    expected = values.topk(7, 1).values
+    monkeypatch.setattr(torch.Tensor, "topk", lambda *args, **kwargs: pytest.fail("not rounds"))
     top, cols = _top_k_per_row(values, 7)
-    torch.testing.assert_close(top, values.topk(7, 1).values, rtol=0, atol=0)
+    torch.testing.assert_close(top, expected, rtol=0, atol=0)
     assert torch.equal(values.gather(1, cols), top)
     assert all(len(set(row.tolist())) == 7 for row in cols)  # 7 distinct entries per row
 
