@@ -50,7 +50,8 @@ def test_scaled_bn_matches_naive_in_float64(name, shape, channels_last, compiles
     grad = _input(shape, torch.float64, seed=2)
     out = layer(x)
     out.backward(grad)
-    assert compiles() == (1 if name == "top10" else 2)  # forward and backward; top-k's statistics
+    # forward and backward; top-k compiles its forward's statistics and selection only
+    assert compiles() == (1 if name == "top10" else 2)
 
     x_ref = x.detach().clone().requires_grad_()
     params = {k: p.detach().clone().requires_grad_() for k, p in layer.named_parameters()}
@@ -183,5 +184,5 @@ def test_fuse_norms_sets_the_layers_that_have_kernels():
     assert zoo.fuse_norms(model, enabled=False) == 19
     assert not any(m.fused for m in model.modules() if hasattr(m, "fused"))
     assert zoo.fuse_norms(zoo.create_model("resnet20_linfbn")) == 19
-    assert zoo.fuse_norms(zoo.create_model("resnet20_topkbn")) == 19  # k = 10: the statistics
+    assert zoo.fuse_norms(zoo.create_model("resnet20_topkbn")) == 19  # k = 10: statistics, selection
     assert zoo.fuse_norms(zoo.create_model("resnet20_bn")) == 0

@@ -134,11 +134,10 @@ def get_norm(name: str) -> NormSpec:
 def fuse_norms(model: nn.Module, enabled: bool = True) -> int:
     """Turn the compiled training kernels of ``model``'s norm layers on (or off): ILM-Norm, L1
     and L-infinity batch norm train about as fast as GroupNorm / BatchNorm2d with them, and
-    top-k batch norm compiles its statistics pass. The
-    first training step per input shape compiles (seconds on CPU); without a working compiler
-    the layers warn once and stay eager. A layer takes part where its ``has_fused_kernels`` is
-    true (a registered norm of your own can declare it, with a ``fused`` attribute). Returns how
-    many layers it set."""
+    top-k batch norm compiles its statistics and selection. The first training step per input
+    shape compiles (seconds on CPU); without a working compiler the layers warn once and stay
+    eager. A layer takes part where its ``has_fused_kernels`` is true (a registered norm of your
+    own can declare it, with a ``fused`` attribute). Returns how many layers it set."""
     layers = [m for m in model.modules() if getattr(m, "has_fused_kernels", False)]
     for layer in layers:
         layer.fused = enabled
