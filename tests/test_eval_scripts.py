@@ -44,8 +44,8 @@ def test_benchmark_tiny_run_writes_well_formed_csv_markdown_and_header(tiny_benc
     norms = {(r["name"], r["baseline"]) for r in rows if r["suite"] == "norms"}
     assert {("ilm", "gn"), ("ilm (original)", "gn"), ("l1bn (original)", "bn"),
             ("linfbn (original)", "bn"), ("ilm_in", "in"), ("ilm_ln", "ln"), ("gn", "bn"),
-            ("ilm (fused)", "gn"), ("l1bn (fused)", "bn"),
-            ("linfbn (fused)", "bn")} <= norms
+            ("ilm (fused)", "gn"), ("l1bn (fused)", "bn"), ("linfbn (fused)", "bn"),
+            ("topkbn (fused)", "bn")} <= norms
     assert {r["dtype"] for r in rows if r["suite"] == "norms"} == {"fp32", "bf16"}
     step = [r for r in rows if r["suite"] == "step"]
     assert {r["name"] for r in step} == {f"resnet20_{m}" for m in TINY_METHODS}
@@ -69,7 +69,7 @@ def test_benchmark_readme_section_reports_every_goal(tiny_benchmark):
     goals = [line for line in section.splitlines() if ("≤" in line or "≥" in line)
              and line.startswith("| ")]
     # the compiled kernels have goal lines of their own
-    fused = ["ilm (fused)", "l1bn (fused)", "linfbn (fused)"]
+    fused = ["ilm (fused)", "l1bn (fused)", "linfbn (fused)", "topkbn (fused)"]
     assert len(goals) == (len(benchmark.NORM_TARGETS) + len(fused) + len(benchmark.STEP_TARGETS)
                           + 1 + len(benchmark.INFERENCE_TARGETS))
     assert all(any(line.startswith(f"| {name} forward+backward") for line in goals) for name in fused)
