@@ -213,28 +213,22 @@ def _topk_selection_fused(x: torch.Tensor, weight: torch.Tensor, k: int):
     the channel sums and the block maxima, where eager kernels take three passes: the sums
     run over N first, the maxima's iteration space. The selection around torch.topk fuses
     too (measured on two threads, where _top_k_per_row takes torch.topk as well)."""
-    rows = x.view(x.size(0), x.size(1), -1).to(weight.dtype)
-    mean = rows.sum(0).sum(1) / _values_per_channel(x)
-    mean_col = mean[:, None]
-    block_dev = torch.maximum(rows.amax(0) - mean_col, mean_col - rows.amin(0))
-    return (mean, *_top_abs_deviations(x, mean, k, block_dev, _torch_topk))
+    mean = x.view(x.size(0), x.size(1), -1).to(weight.dtype).sum(0).sum(1) / _values_per_channel(x)
+    return (mean, *_top_abs_deviations(x, mean, k, _torch_topk))
 
 
-def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int,
-                        block_dev: torch.Tensor | None = None, top_k=_top_k_per_row):
+def _top_abs_deviations(x: torch.Tensor, mean: torch.Tensor, k: int, top_k=_top_k_per_row):
     """Per channel, the k largest |x - mu| and where they are in x (contiguous).
 
     Never materialises |x - mu|: each spatial position's N values form a block, whose
-    largest deviation ``block_dev`` (_block_deviations, computed here unless given) is
-    cheap. The top-k entries lie in the k blocks with the largest block maxima (a block
-    outside them is beaten by k blocks, so by k entries), so only k * N candidates per
-    channel are gathered and ranked, by ``top_k(values, k)`` per row. Returns (values
-    (C, k), flat indices into x (C, k)).
+    largest deviation (_block_deviations) is cheap. The top-k entries lie in the k blocks
+    with the largest block maxima (a block outside them is beaten by k blocks, so by k
+    entries), so only k * N candidates per channel are gathered and ranked, by
+    ``top_k(values, k)`` per row. Returns (values (C, k), flat indices into x (C, k)).
     """
     batch, channels = x.size(0), x.size(1)
     spatial_size = x.size(2) * x.size(3)
-    if block_dev is None:
-        block_dev = _block_deviations(x, mean)
+    block_dev = _block_deviations(x, mean)
     num_blocks = min(k, spatial_size)
     _, block_pos = top_k(block_dev, num_blocks)  # (C, num_blocks)
     by_channel = x.view(batch, channels, -1).permute(1, 0, 2)  # (C, N, H*W) view
