@@ -22,11 +22,22 @@ def data_root() -> Path:
     return root
 
 
+def _threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module's tests: the trainer's results are bit-reproducible
     on a fixed thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    yield from _threads(1)
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for one test: tiny tensors gain nothing from a second thread, and
+    some kernels choose their method by the thread count (_top_k_per_row's max rounds)."""
+    yield from _threads(1)

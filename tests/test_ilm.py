@@ -12,14 +12,9 @@ PARAM_NAMES = {"encoder.weight", "gain_decoder.weight", "shift_decoder.weight",
                "weight_bias", "bias_bias"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which a busy machine makes
-    slow (gradcheck runs the layer hundreds of times)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: a second thread only adds synchronisation, which a busy machine makes slow
+# (gradcheck runs the layer hundreds of times).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def naive_ilm(layer: ILMNorm, x: torch.Tensor) -> torch.Tensor:

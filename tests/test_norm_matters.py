@@ -153,16 +153,7 @@ def test_topk_finds_entries_crowded_into_one_position(k):
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
 
 
-@pytest.fixture
-def single_thread():
-    """_top_k_per_row takes its max rounds on one thread only (torch.topk on more)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.usefixtures("single_thread")
+@pytest.mark.usefixtures("single_thread")  # the max rounds run on one thread only
 @pytest.mark.parametrize("name", ["linf", "top10"])
 def test_topk_with_many_channels_in_float32(name):
     # 512 channels on one thread take the vectorised max-rounds selection, not torch.topk.
