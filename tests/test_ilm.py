@@ -1,4 +1,4 @@
-"""ILM-Norm against an independent, naive reading of its formula (METHODS.md section 1)."""
+"""ILM-Norm against an independent, naive reading of its formula (zoo.reference, METHODS.md 1)."""
 
 import copy
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from zoo import reference
 from zoo.norms.ilm import ILMNorm
 
 PARAM_NAMES = {"encoder.weight", "gain_decoder.weight", "shift_decoder.weight",
@@ -18,21 +19,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def naive_ilm(layer: ILMNorm, x: torch.Tensor) -> torch.Tensor:
-    """Straight from the formula: separate statistics, explicit matmuls, unbiased variances."""
-    n, c, h, w = x.shape
-    key_size, groups = layer.key_group_size, layer.num_groups
-    keys = x.reshape(n, c // key_size, -1)
-    key_mean, key_var = keys.mean(-1), keys.var(-1, unbiased=True)
-    encoder = layer.encoder.weight
-    gain = torch.sigmoid(torch.relu(key_var @ encoder.T) @ layer.gain_decoder.weight.T)
-    shift = torch.tanh(torch.relu(key_mean @ encoder.T) @ layer.shift_decoder.weight.T)
-    weight = gain.repeat_interleave(key_size, dim=1) + layer.weight_bias
-    bias = shift.repeat_interleave(key_size, dim=1) + layer.bias_bias
-    norm_groups = x.reshape(n, groups, -1)
-    mean = norm_groups.mean(-1, keepdim=True)
-    var = norm_groups.var(-1, unbiased=True, keepdim=True)
-    x_hat = ((norm_groups - mean) / torch.sqrt(var + layer.eps)).reshape(n, c, h, w)
-    return x_hat * weight[:, :, None, None] + bias[:, :, None, None]
+    """The reference formula (zoo.reference.ilm_norm) with the layer's parameters and settings."""
+    return reference.ilm_norm(x, layer.encoder.weight, layer.gain_decoder.weight,
+                              layer.shift_decoder.weight, layer.weight_bias, layer.bias_bias,
+                              num_groups=layer.num_groups, key_group_size=layer.key_group_size,
+                              eps=layer.eps)
 
 
 def make_layer(channels, base="gn", dtype=torch.float64, seed=0, **kwargs):
