@@ -1,6 +1,6 @@
 """The compiled training kernels (``fused=True``, zoo.fuse_norms): the same formulas as the
-eager layers, checked against the naive float64 readings of test_norm_matters / test_ilm,
-within the bf16 error bound of test_low_precision, and eager where torch.compile fails."""
+eager layers, checked against the naive float64 formulas of zoo.reference, within the bf16
+error bound of test_low_precision, and eager where torch.compile fails."""
 
 import copy
 import warnings
@@ -14,7 +14,8 @@ import zoo.norms.common as common
 import zoo.norms.norm_matters as norm_matters
 from test_ilm import make_input, make_layer, naive_ilm
 from test_low_precision import _errors, _perturbed
-from test_norm_matters import LAYERS, _input, _layer, _naive
+from test_norm_matters import LAYERS, _input, _layer
+from zoo import reference
 from zoo.norms.common import fused_kernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +56,7 @@ def test_scaled_bn_matches_naive_in_float64(name, shape, channels_last, compiles
 
     x_ref = x.detach().clone().requires_grad_()
     params = {k: p.detach().clone().requires_grad_() for k, p in layer.named_parameters()}
-    expected = _naive(LAYERS[name][1], x_ref, params["weight"], params["bias"])
+    expected = reference.scaled_batch_norm(x_ref, params["weight"], params["bias"], LAYERS[name][1])
     expected.backward(grad)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     for got, want in zip([x.grad, layer.weight.grad, layer.bias.grad],

@@ -1,6 +1,6 @@
-"""Norm Matters layers against naive implementations of their formulas (plain torch ops)."""
+"""Norm Matters layers against naive implementations of their formulas (zoo.reference)."""
 
-import math
+from functools import partial
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
+from zoo import reference
 from zoo.norms.norm_matters import (
     BoundedWeightNorm,
     L1BatchNorm2d,
@@ -18,53 +19,14 @@ from zoo.norms.norm_matters import (
     apply_bounded_weight_norm,
 )
 
-EPS = 1e-5
-
-
-def _channel_rows(x):
-    """(N, C, H, W) -> (C, N*H*W)."""
-    return x.transpose(0, 1).reshape(x.size(1), -1)
-
-
-def _naive_l1_scale(rows):
-    dev = (rows - rows.mean(1, keepdim=True)).abs()
-    return 1 / (math.sqrt(math.pi / 2) * dev.mean(1) + EPS)
-
-
-def _naive_topk_scale(k):
-    def scale(rows):
-        n = rows.size(1)
-        const = 0.5 * (1 + math.sqrt(math.pi * math.log(4))) / math.sqrt(2 * math.log(n))
-        dev = (rows - rows.mean(1, keepdim=True)).abs()
-        return 1 / (const * dev.topk(min(k, n), 1).values.mean(1) + EPS)
-    return scale
-
-
-def _naive_lp_scale(p):
-    def scale(rows):
-        dev = (rows - rows.mean(1, keepdim=True)).abs()
-        return (dev.pow(p).mean(1) + EPS).pow(-1 / p)
-    return scale
-
-
-def _naive(scale_fn, x, weight, bias):
-    """Training-mode output of a scaled norm: (x - mu) * s * weight + bias."""
-    rows = _channel_rows(x)
-    mean = rows.mean(1)
-    per_channel = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
-    if scale_fn is None:  # mean-only
-        return x - per_channel(mean) + per_channel(bias)
-    return (x - per_channel(mean)) * per_channel(scale_fn(rows) * weight) + per_channel(bias)
-
-
-# name -> (layer factory for C channels, naive scale of (C, n) rows; None for mean-only)
+# name -> (layer factory for C channels, its scale in zoo.reference; None for mean-only)
 LAYERS = {
-    "l1": (lambda c: L1BatchNorm2d(c), _naive_l1_scale),
-    "linf": (lambda c: TopKBatchNorm2d(c, k=1), _naive_topk_scale(1)),
-    "top10": (lambda c: TopKBatchNorm2d(c, k=10), _naive_topk_scale(10)),
-    "lp2": (lambda c: LpBatchNorm2d(c, p=2), _naive_lp_scale(2)),
-    "lp3": (lambda c: LpBatchNorm2d(c, p=3), _naive_lp_scale(3)),
-    "lp1.5": (lambda c: LpBatchNorm2d(c, p=1.5), _naive_lp_scale(1.5)),
+    "l1": (lambda c: L1BatchNorm2d(c), reference.l1_scale),
+    "linf": (lambda c: TopKBatchNorm2d(c, k=1), partial(reference.top_k_scale, k=1)),
+    "top10": (lambda c: TopKBatchNorm2d(c, k=10), partial(reference.top_k_scale, k=10)),
+    "lp2": (lambda c: LpBatchNorm2d(c, p=2), partial(reference.lp_scale, p=2)),
+    "lp3": (lambda c: LpBatchNorm2d(c, p=3), partial(reference.lp_scale, p=3)),
+    "lp1.5": (lambda c: LpBatchNorm2d(c, p=1.5), partial(reference.lp_scale, p=1.5)),
     "mean": (lambda c: MeanBatchNorm2d(c), None),
 }
 SHAPES = [(4, 3, 5, 6), (16, 2, 3, 3), (7, 2, 1, 1), (1, 3, 2, 2)]  # last: n = 4 < k = 10
@@ -95,7 +57,7 @@ def _input(shape, dtype=torch.float32, seed=1):
 def test_training_forward_matches_naive(name, shape, dtype, tol):
     layer = _layer(name, shape[1], dtype)
     x = _input(shape, dtype)
-    expected = _naive(LAYERS[name][1], x.double(), _weight(layer), layer.bias)
+    expected = reference.scaled_batch_norm(x.double(), _weight(layer), layer.bias, LAYERS[name][1])
     out = layer(x)
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
@@ -113,7 +75,8 @@ def test_gradients_match_naive_autograd(name, shape):
 
     x_ref = x.detach().clone().requires_grad_()
     params_ref = {k: p.detach().clone().requires_grad_() for k, p in params.items()}
-    _naive(LAYERS[name][1], x_ref, params_ref.get("weight"), params_ref["bias"]).backward(grad)
+    reference.scaled_batch_norm(x_ref, params_ref.get("weight"), params_ref["bias"],
+                                LAYERS[name][1]).backward(grad)
     expected = [x_ref.grad] + [p.grad for p in params_ref.values()]
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
@@ -138,7 +101,8 @@ def test_gradients_for_channels_last_input_and_expanded_grad(name):
     x = _input((4, 3, 5, 6), torch.float64).to(memory_format=torch.channels_last).requires_grad_()
     layer(x).sum().backward()  # the incoming gradient is an expanded (stride-0) tensor
     x_ref = x.detach().contiguous().requires_grad_()
-    _naive(LAYERS[name][1], x_ref, layer.weight.detach(), layer.bias.detach()).sum().backward()
+    reference.scaled_batch_norm(x_ref, layer.weight.detach(), layer.bias.detach(),
+                                LAYERS[name][1]).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-10)
 
 
@@ -149,7 +113,8 @@ def test_topk_finds_entries_crowded_into_one_position(k):
     x = _input((12, 2, 4, 4), torch.float64)
     x[:, :, 1, 2] += 20 + torch.arange(12, dtype=torch.float64)[:, None]
     layer = _layer("linf" if k == 1 else "top10", 2, torch.float64)
-    expected = _naive(_naive_topk_scale(k), x, layer.weight, layer.bias)
+    expected = reference.scaled_batch_norm(x, layer.weight, layer.bias,
+                                           partial(reference.top_k_scale, k=k))
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
 
 
@@ -164,7 +129,7 @@ def test_topk_with_many_channels_in_float32(name):
     out.backward(grad)
     x_ref = x.detach().double().requires_grad_()
     weight, bias = (p.detach().double().requires_grad_() for p in (layer.weight, layer.bias))
-    expected = _naive(LAYERS[name][1], x_ref, weight, bias)
+    expected = reference.scaled_batch_norm(x_ref, weight, bias, LAYERS[name][1])
     expected.backward(grad.double())
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     pairs = [(x.grad, x_ref.grad), (layer.weight.grad, weight.grad), (layer.bias.grad, bias.grad)]
@@ -204,22 +169,19 @@ def test_running_statistics_follow_momentum_and_drive_eval(name):
     for step in range(2):
         x = _input((5, 3, 4, 4), seed=10 + step)
         layer(x)
-        rows = _channel_rows(x.double())
-        running_mean = (1 - momentum) * running_mean + momentum * rows.mean(1)
+        reference.scaled_batch_norm(x.double(), _weight(layer), layer.bias, scale_fn,
+                                    running_mean=running_mean, running_scale=running_scale,
+                                    momentum=momentum)  # moves the running statistics
         torch.testing.assert_close(layer.running_mean.double(), running_mean, rtol=1e-6, atol=1e-7)
         if scale_fn is not None:
-            running_scale = (1 - momentum) * running_scale + momentum * scale_fn(rows)
             torch.testing.assert_close(layer.running_scale.double(), running_scale,
                                        rtol=1e-6, atol=1e-7)
 
     layer.eval()
     x = _input((1, 3, 1, 1), seed=20)  # batch size 1, one value per channel
-    per_channel = lambda t: t.view(1, -1, 1, 1).double()  # noqa: E731
-    if scale_fn is None:
-        expected = x.double() - per_channel(layer.running_mean) + per_channel(layer.bias)
-    else:
-        expected = ((x.double() - per_channel(layer.running_mean))
-                    * per_channel(layer.running_scale * layer.weight) + per_channel(layer.bias))
+    expected = reference.scaled_batch_norm(
+        x.double(), _weight(layer), layer.bias, scale_fn, running_mean=layer.running_mean,
+        running_scale=getattr(layer, "running_scale", None), training=False)
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-6, atol=1e-6)
     before = layer.running_mean.clone()
     layer(_input((4, 3, 2, 2)))
@@ -248,7 +210,8 @@ def test_half_input_of_large_magnitude(name):
     out = layer(x)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     params = {k: p.double() for k, p in layer.named_parameters()}
-    expected = _naive(LAYERS[name][1], x.double(), params.get("weight"), params["bias"])
+    expected = reference.scaled_batch_norm(x.double(), params.get("weight"), params["bias"],
+                                           LAYERS[name][1])
     torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=2e-2)
 
 
@@ -306,7 +269,7 @@ def test_bounded_weight_norm_keeps_directions_and_fixes_norms():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 6, 3)
     weight = conv.weight.detach().clone()
-    rho = weight.flatten(1).norm(dim=1).mean()
+    rho = reference.bwn_rho(weight)
     apply_bounded_weight_norm(conv)
     assert parametrize.is_parametrized(conv, "weight")
     effective = conv.weight.detach()
@@ -342,7 +305,7 @@ def test_bounded_weight_norm_state_dict_round_trip():
 
 
 def test_bounded_weight_norm_trains_with_the_authors_dynamics():
-    """Three SGD steps against the authors' layer written out here: renormalise v in place,
+    """Three SGD steps against the authors' layer, from zoo.reference: renormalise v in place,
     then w = rho * v / ||v|| with autograd through the norm. Without the renormalisation
     each step is scaled by 1 / ||v||^2 (here ||v|| starts near 3), which this would catch."""
     torch.manual_seed(0)
@@ -351,15 +314,15 @@ def test_bounded_weight_norm_trains_with_the_authors_dynamics():
         conv.weight.mul_(5)
     v_ref = conv.weight.detach().clone()
     bias_ref = conv.bias.detach().clone()
-    rho = v_ref.flatten(1).norm(dim=1).mean()
+    rho = reference.bwn_rho(v_ref)
     apply_bounded_weight_norm(conv)
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
     target = torch.randn(3, 6, 5, 5, dtype=torch.float64)
     optimizer = torch.optim.SGD(conv.parameters(), lr=0.1)
     for _ in range(3):
-        v_ref = (v_ref / v_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).requires_grad_()
+        v_ref = (v_ref / reference.filter_norms(v_ref)).requires_grad_()
         bias_ref.requires_grad_()
-        w = rho * v_ref / v_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        w = reference.bounded_weight(v_ref, rho)
         loss_ref = (torch.nn.functional.conv2d(x, w, bias_ref, padding=1) - target).pow(2).mean()
         grad_v, grad_bias = torch.autograd.grad(loss_ref, (v_ref, bias_ref))
         v_ref, bias_ref = (v_ref - 0.1 * grad_v).detach(), (bias_ref - 0.1 * grad_bias).detach()
@@ -375,7 +338,7 @@ def test_bounded_weight_norm_trains_with_the_authors_dynamics():
     conv.eval()  # eval mode leaves v as it is and computes the same outputs
     before, out = v.detach().clone(), conv(x)
     assert torch.equal(v.detach(), before)
-    w_ref = rho * v_ref / v_ref.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    w_ref = reference.bounded_weight(v_ref, rho)
     torch.testing.assert_close(out, torch.nn.functional.conv2d(x, w_ref, bias_ref, padding=1),
                                rtol=1e-10, atol=1e-12)
 
@@ -420,8 +383,8 @@ def test_published_bwn_checkpoint_computes_what_it_computed(data_root):
         if key.endswith(".parametrizations.weight.original"):
             prefix = key[:-len(".parametrizations.weight.original")]
             rho = state[f"{prefix}.parametrizations.weight.0.rho"]
-            norms = value.double().flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            plain_state[f"{prefix}.weight"] = (rho.double() * value.double() / norms).float()
+            plain_state[f"{prefix}.weight"] = reference.bounded_weight(value.double(),
+                                                                       rho.double()).float()
         elif ".parametrizations." not in key:
             plain_state[key] = value
     plain = zoo.create_model("resnet20_meanbn")
