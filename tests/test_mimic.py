@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo import reference
 from zoo.models import BasicBlock, Bottleneck
 from zoo.norms.mimic import init_mimic, is_weight_mean_conv
 
@@ -51,7 +52,7 @@ def test_shortcut_conv_biases_follow_the_authors_blocks(name, num_shortcuts, sho
 def test_residual_and_shortcut_scales_start_at_the_papers_values(name, power, shortcut):
     blocks = _blocks(zoo.create_model(name))
     assert [b.residual_scale.item() for b in blocks] == pytest.approx(
-        [1.2 ** power / k for k in range(1, len(blocks) + 1)])
+        [reference.residual_scale_init(k, power) for k in range(1, len(blocks) + 1)])
     assert all(b.residual_scale.requires_grad for b in blocks)
     scaled = [b.shortcut_scale.item() for b in blocks if b.shortcut_scale is not None]
     projections = [b for b in blocks if isinstance(b.downsample, nn.Sequential)]
@@ -66,7 +67,7 @@ def test_a_block_computes_relu_of_scaled_branch_plus_shortcut():
         block.shortcut_scale.fill_(1.3)
     x = torch.randn(2, 64, 16, 16)
     branch = block.conv2(F.relu(block.conv1(x)))
-    expected = F.relu(0.7 * branch + 1.3 * block.downsample[0](x))
+    expected = reference.mimic_residual(branch, block.downsample[0](x), 0.7, 1.3)
     torch.testing.assert_close(block(x), expected)
 
 
@@ -179,10 +180,11 @@ def test_logits_are_batch_normalized_in_training_and_use_running_stats_in_eval()
     out = model(x)
     with torch.no_grad():
         raw = _logits_before_bn(model, x)
-    expected = (raw - raw.mean(0)) / torch.sqrt(raw.var(0, unbiased=False) + bn.eps)
+    expected = reference.logits_batch_norm(raw, eps=bn.eps)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     model.eval()
     with torch.no_grad():
-        expected = (_logits_before_bn(model, x[:1]) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+        expected = reference.logits_batch_norm(_logits_before_bn(model, x[:1]), bn.running_mean,
+                                               bn.running_var, training=False, eps=bn.eps)
         torch.testing.assert_close(model(x[:1]), expected)
     assert math.isclose(bn.momentum, 0.1)
