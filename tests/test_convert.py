@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 import zoo
+from zoo import reference
 from zoo.convert import ConvertError, convert, map_ilm_authors
 from zoo.data import IMAGENET_MEAN, IMAGENET_STD
 from zoo.weights import read_checkpoint, read_metadata
@@ -19,46 +20,16 @@ from zoo.weights import read_checkpoint, read_metadata
 from conftest import REPO
 
 
-class AuthorsILMGroupNorm(nn.Module):
-    """ILM-GN registered as the authors' code registers it (one encoder in three places,
-    (1, C, 1, 1) offsets), computed naively from METHODS.md section 1."""
-
-    def __init__(self, channels, groups=32, key_group_size=16, reduction=16, eps=1e-5):
-        super().__init__()
-        self.groups, self.key_group_size, self.eps = groups, key_group_size, eps
-        key_groups = channels // key_group_size
-        embed = key_groups // reduction if key_groups >= reduction else 2
-        self.fc_embed = nn.Sequential(nn.Linear(key_groups, embed, bias=False), nn.ReLU())
-        self.fc_weight = nn.Sequential(self.fc_embed, nn.Linear(embed, key_groups, bias=False),
-                                       nn.Sigmoid())
-        self.fc_bias = nn.Sequential(self.fc_embed, nn.Linear(embed, key_groups, bias=False),
-                                     nn.Tanh())
-        self.weight_bias = nn.Parameter(torch.ones(1, channels, 1, 1))
-        self.bias_bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
-
-    def forward(self, x):
-        n, c, h, w = x.shape
-        keys = x.reshape(n, c // self.key_group_size, -1)
-        gain = self.fc_weight(keys.var(-1, unbiased=True))
-        shift = self.fc_bias(keys.mean(-1))
-        gain = gain.repeat_interleave(self.key_group_size, 1).reshape(n, c, 1, 1)
-        shift = shift.repeat_interleave(self.key_group_size, 1).reshape(n, c, 1, 1)
-        groups = x.reshape(n, self.groups, -1)
-        mean, var = groups.mean(-1, keepdim=True), groups.var(-1, unbiased=True, keepdim=True)
-        x_hat = ((groups - mean) / torch.sqrt(var + self.eps)).reshape(n, c, h, w)
-        return x_hat * (gain + self.weight_bias) + (shift + self.bias_bias)
-
-
 @pytest.fixture(scope="module")
 def ilm_authors(tmp_path_factory):
     """The authors' ResNet-50 with ILM-GN (torchvision's, a fixed 7x7 average pool), random
     offsets, encoders and decoders, saved as they save it: module. keys in a wrapper."""
     torch.manual_seed(0)
-    original = torchvision.models.resnet50(norm_layer=AuthorsILMGroupNorm)
+    original = torchvision.models.resnet50(norm_layer=reference.OriginalILMGroupNorm)
     original.avgpool = nn.AvgPool2d(7)
     with torch.no_grad():
         for m in original.modules():
-            if isinstance(m, AuthorsILMGroupNorm):
+            if isinstance(m, reference.OriginalILMGroupNorm):
                 m.weight_bias.copy_(1 + 0.3 * torch.randn_like(m.weight_bias))
                 m.bias_bias.normal_(0, 0.3)
                 for linear in (m.fc_embed[0], m.fc_weight[1], m.fc_bias[1]):
