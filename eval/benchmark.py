@@ -11,7 +11,7 @@ Suites:
              tensors, at ResNet-20 and ResNet-50 shapes, fp32 and bf16 autocast; the layers
              with compiled training kernels also as "(fused)" (zoo.fuse_norms, what the
              trainer runs; compiled in the warm-up); also the papers' op sequences
-             ("original", eval/original_style.py)
+             ("original", zoo/reference.py)
   step       one SGD training step per method, ResNet-20 (CIFAR, batch 128) and ResNet-50 /
              VGG-16 (224x224, small batch): time and memory, each configuration in a fresh
              process; memory is the peak RSS during the steps (VmHWM, reset before them) less
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "eval"))
 import zoo  # noqa: E402
-from original_style import OriginalILMGroupNorm, OriginalTopKBatchNorm2d  # noqa: E402
+from zoo.reference import OriginalILMGroupNorm, OriginalTopKBatchNorm2d  # noqa: E402
 from zoo.norms.common import group_count  # noqa: E402
 
 RESULTS = ROOT / "eval" / "results"
