@@ -29,8 +29,8 @@ Suites:
 
 Every ratio is the median over repeats of a per-repeat ratio (the two sides run back to
 back), so it holds on a noisy machine; the spread is half the range of the repeats.
-Markdown comes from zoo.report; ``python tools/update_readme.py`` turns the CPU results into
-the README's performance section.
+Markdown comes from zoo.report; ``python tools/update_docs.py`` turns the CPU results into
+docs/performance.md's generated section.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -9,10 +10,40 @@ import zoo
 from conftest import REPO
 
 
-def test_generated_readme_sections_are_up_to_date():
-    result = subprocess.run([sys.executable, "tools/update_readme.py", "--check"], cwd=REPO,
+def test_generated_blocks_are_up_to_date():
+    result = subprocess.run([sys.executable, "tools/update_docs.py", "--check"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_update_docs_check_names_a_stale_block_and_writes_nothing(tmp_path):
+    pages = [p.relative_to(REPO) for p in [REPO / "README.md", REPO / "CHANGELOG.md",
+                                           *(REPO / "docs").glob("*.md")] if p.is_file()]
+    for page in pages:
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / page, tmp_path / page)
+    shutil.copytree(REPO / "eval" / "results", tmp_path / "eval" / "results")
+    # one block of each page that has blocks goes stale: a line added inside it
+    stale = {}
+    for page in pages:
+        text = (tmp_path / page).read_text()
+        key = re.search(r"<!-- ([a-z0-9-]+):end -->", text)
+        if key:
+            stale[page] = text.replace(key.group(0), "a hand edit\n" + key.group(0), 1)
+            (tmp_path / page).write_text(stale[page])
+    assert stale
+    command = [sys.executable, "tools/update_docs.py", "--root", str(tmp_path)]
+    result = subprocess.run(command + ["--check"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    for page, text in stale.items():
+        key = re.search(r"<!-- ([a-z0-9-]+):end -->", text).group(1)
+        assert f"out of date: {page.as_posix()}: {key}" in result.stderr
+        assert (tmp_path / page).read_text() == text  # --check writes nothing
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for page in pages:
+        assert (tmp_path / page).read_text() == (REPO / page).read_text()
 
 
 def test_readme_shows_the_test_command_ci_runs():
