@@ -56,7 +56,8 @@ def performance(root: Path, page: Path) -> str:
     if not (results / "benchmark-cpu.csv").is_file():
         return "No benchmark run is committed yet: `python eval/benchmark.py`."
     rows, header = report.read_benchmark(results, "cpu")
-    return report.performance_section(rows, header, _link(page, results / "benchmark-cpu.md"))
+    full = results / "benchmark-cpu.md"
+    return report.performance_section(rows, header, _link(page, full), full.relative_to(root).as_posix())
 
 
 def batch_sweep(root: Path, page: Path) -> str:
@@ -64,7 +65,8 @@ def batch_sweep(root: Path, page: Path) -> str:
     results = root / "eval" / "results"
     if not (results / "batch-sweep.csv").is_file():
         return "No sweep is committed yet: `python eval/batch_sweep.py --data ../shared/data/cifar10`."
-    return report.batch_sweep_section(*report.read_batch_sweep(results), results=_link(page, results))
+    return report.batch_sweep_section(*report.read_batch_sweep(results), results=_link(page, results),
+                                      label=results.relative_to(root).as_posix())
 
 
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {

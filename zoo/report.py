@@ -21,7 +21,7 @@ import csv
 import json
 import statistics
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Optional
 
 # ---------------------------------------------------------------------------------------------
 # The benchmark's goals. eval/benchmark.py marks each measured row against them; the
@@ -220,14 +220,15 @@ def benchmark_goals(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     return goals
 
 
-def performance_section(rows: list[dict], header: dict, full_results: str) -> str:
+def performance_section(rows: list[dict], header: dict, full_results: str,
+                        label: Optional[str] = None) -> str:
     """A benchmark run as the goals, then each suite in one small table; ``full_results`` is
-    the link to the run's full markdown."""
+    the link to the run's full markdown, shown as ``label`` (default: the link)."""
     lines = [f"Measured {header['date']} on {header['machine']} ({header['device']}), torch "
              f"{header['torch']}, with `{header['command']}`: medians of {header['repeats']} "
              f"repeats ({header['step_repeats']} fresh processes per training-step config). "
              f"Ratios are against the PyTorch baseline in the same run. Every row, with its "
-             f"spread: [{full_results}]({full_results}).", "",
+             f"spread: [{label or full_results}]({full_results}).", "",
              "| goal (this CPU) | fp32 | bf16 autocast | met |", "|---|---|---|---|"]
     lines += [_goal_line(label, these) for label, these in benchmark_goals(rows)]
 
@@ -336,9 +337,10 @@ def _accuracy(key: str) -> Callable[[list[dict]], str]:
     return fmt
 
 
-def batch_sweep_section(rows: list[dict], settings: dict, results: str = "eval/results") -> str:
+def batch_sweep_section(rows: list[dict], settings: dict, results: str = "eval/results",
+                        label: str = "eval/results") -> str:
     """A sweep's settings and its three tables (eval mode, batch statistics, speed);
-    ``results`` is the link to the folder of its CSV and plot."""
+    ``results`` is the link to the folder of its CSV and plot, shown as ``label``."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     sizes = sorted({r["batch_size"] for r in rows})
     with_stats = [m for m in methods if any(r["method"] == m and r["val_top1_batch_stats"] is not None
@@ -365,5 +367,5 @@ def batch_sweep_section(rows: list[dict], settings: dict, results: str = "eval/r
                   f"{settings['jobs']} cells at a time):", ""]
     lines += _sweep_table(rows, "img_per_s",
                           lambda v: f"{statistics.mean(x['img_per_s'] for x in v):.0f}", methods, sizes)
-    lines += ["", f"Every row: [{results}/batch-sweep.csv]({results}/batch-sweep.csv)."]
+    lines += ["", f"Every row: [{label}/batch-sweep.csv]({results}/batch-sweep.csv)."]
     return "\n".join(lines)
