@@ -206,3 +206,8 @@ def test_relative_links_resolve(page):
             broken.append(f"{target}: no heading #{anchor} in {resolved.name}")
     assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
 
+
+def test_every_docs_page_is_linked_from_the_readme():
+    linked = {(REPO / t.partition("#")[0]).resolve()
+              for t in re.findall(r"\]\(([^)\s#]+)[^)]*\)", _prose((REPO / "README.md").read_text()))}
+    assert [p.name for p in REPO.glob("docs/*.md") if p.resolve() not in linked] == []

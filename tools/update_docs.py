@@ -50,6 +50,10 @@ def weights(root: Path, page: Path) -> str:
     return report.weights_table(_manifest_entries(), _val_images())
 
 
+def default_weights(root: Path, page: Path) -> str:
+    return report.default_weights_table(_manifest_entries(), _val_images())
+
+
 def performance(root: Path, page: Path) -> str:
     """From the committed CPU run of eval/benchmark.py (eval/results/benchmark-cpu.*)."""
     results = root / "eval" / "results"
@@ -70,7 +74,8 @@ def batch_sweep(root: Path, page: Path) -> str:
 
 
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {
-    "naming": naming, "weights": weights, "performance": performance, "batch-sweep": batch_sweep,
+    "naming": naming, "weights": weights, "default-weights": default_weights,
+    "performance": performance, "batch-sweep": batch_sweep,
 }
 
 
