@@ -29,7 +29,8 @@ Suites:
 
 Every ratio is the median over repeats of a per-repeat ratio (the two sides run back to
 back), so it holds on a noisy machine; the spread is half the range of the repeats.
-``python tools/update_readme.py`` turns the CPU results into the README's performance section.
+Markdown comes from zoo.report; ``python tools/update_docs.py`` turns the CPU results into
+docs/performance.md's generated section.
 """
 
 from __future__ import annotations
@@ -67,24 +68,19 @@ NORM_SHAPES = {
     "resnet20": [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)],
     "resnet50": [(16, 256, 56, 56), (16, 512, 28, 28), (16, 1024, 14, 14), (16, 2048, 7, 7)],
 }
-NORM_BASELINE = {"ilm": "gn", "ilm_in": "in", "ilm_ln": "ln"}  # every other norm: "bn"
 ORIGINALS = {
     "ilm": lambda c: OriginalILMGroupNorm(c, group_count(c, 32, 2)),
     "l1bn": lambda c: OriginalTopKBatchNorm2d(c),
     "linfbn": lambda c: OriginalTopKBatchNorm2d(c, k=1),
 }
-# The goals on this CPU. Ceilings: norm layers forward+backward against their baseline,
-# MimicNorm's training step. Floors: trainer img/s against resnet20_bn's, eval-mode img/s.
-NORM_TARGETS = {"ilm": 1.3, "l1bn": 1.2, "linfbn": 1.2, "topkbn": 1.2, "lpbn": 1.2, "meanbn": 1.0}
-STEP_TARGETS = {("mimic", "ms"): 0.9, ("mimic", "MiB"): 0.8}
-TRAIN_TARGET = 0.8
-INFERENCE_TARGETS = {"ilm": 0.9, "l1bn": 0.95, "linfbn": 0.95, "bwn": 0.95}
-FLOOR_SUITES = ("train", "inference")  # their targets are minimum ratios
+# The goals, each norm's baseline and the dtypes: one list, which the performance page reports.
+from zoo import report  # noqa: E402
+from zoo.report import (DTYPES, FLOOR_SUITES, INFERENCE_TARGETS, NORM_BASELINE,  # noqa: E402
+                        NORM_TARGETS, STEP_TARGETS, TRAIN_TARGET)
 
 METHODS = ("bn", "gn", "ilm", "mimic", "l1bn", "linfbn", "bwn")
 STEP_CONFIGS = [("resnet20", 128, 32), ("resnet50", 8, 224), ("vgg16", 4, 224)]
 INFERENCE_CONFIGS = [("resnet20", 256, 32), ("resnet50", 16, 224)]
-DTYPES = ("fp32", "bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,148 +543,6 @@ def _progress(r: dict) -> None:
           f"{r['value']:>10} {r['unit']}{ratio}", file=sys.stderr, flush=True)
 
 
-def to_markdown(rows: list[dict], header: dict) -> str:
-    """The full results as markdown: one table per suite, with the run's facts on top."""
-    lines = [f"Measured {header['date']} on {header['machine']} ({header['device']}), torch "
-             f"{header['torch']}, median of {header['repeats']} repeats; ± is half the range. "
-             f"Command: `{header['command']}`", ""]
-    for suite in SUITES:
-        these = [r for r in rows if r["suite"] == suite]
-        if not these:
-            continue
-        lines += [f"### {suite}", "", "| name | config | dtype | median | ± | vs | ratio | ± | goal |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in these:
-            goal = (f"{'≥' if suite in FLOOR_SUITES else '≤'} {r['target']}x: {r['meets']}"
-                    if r["target"] != "" else "")
-            ratio = f"{float(r['ratio']):.2f}x" if r["ratio"] != "" else ""
-            ratio_spread = f"{r['ratio_spread_pct']}%" if r["ratio"] != "" else ""
-            lines.append(f"| {r['name']} | {r['config']} | {r['dtype']} | {float(r['value']):.4g} "
-                         f"{r['unit']} | {r['spread_pct']}% | {r['baseline']} | {ratio} | "
-                         f"{ratio_spread} | {goal} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _ratios(rows, **match) -> list[float]:
-    return [float(r["ratio"]) for r in rows
-            if all(str(r[k]).startswith(v) for k, v in match.items()) and r["ratio"] != ""]
-
-
-def _span(values: list[float]) -> str:
-    if not values:
-        return "not measured"
-    return f"{min(values):.2f}x" if min(values) == max(values) else f"{min(values):.2f}–{max(values):.2f}x"
-
-
-def _goal_line(label: str, rows: list[dict]) -> str:
-    """A goals-table line: the ratio range per dtype and how many rows meet their target."""
-    by_dtype = {d: [float(r["ratio"]) for r in rows if r["dtype"] == d] for d in DTYPES}
-    met = sum(r["meets"] == "yes" for r in rows)
-    return (f"| {label} | {_span(by_dtype['fp32'])} | {_span(by_dtype['bf16'])} | "
-            f"{met} of {len(rows)} |")
-
-
-def readme_section(rows: list[dict], header: dict, full_results: str) -> str:
-    """The README's performance section: the goals, then each suite in one small table."""
-    lines = [f"Measured {header['date']} on {header['machine']} ({header['device']}), torch "
-             f"{header['torch']}, with `{header['command']}`: medians of {header['repeats']} "
-             f"repeats ({header['step_repeats']} fresh processes per training-step config). "
-             f"Ratios are against the PyTorch baseline in the same run. Every row, with its "
-             f"spread: [{full_results}]({full_results}).", "",
-             "| goal (this CPU) | fp32 | bf16 autocast | met |", "|---|---|---|---|"]
-    fused = {r["name"] for r in rows if r["name"].endswith(" (fused)")}
-    goals = [(f"{name} forward+backward ≤ {target}x "
-              f"{'GroupNorm' if NORM_BASELINE.get(norm) == 'gn' else 'BatchNorm2d'}",
-              dict(suite="norms", name=name, config="fwd+bwd"), target)
-             for norm, target in NORM_TARGETS.items()
-             for name in (norm, f"{norm} (fused)") if name == norm or name in fused]
-    goals += [(f"mimic training step {'time' if unit == 'ms' else 'memory'} ≤ {target}x its BN twin",
-               dict(suite="step", name="", unit=unit), target)
-              for (_, unit), target in STEP_TARGETS.items()]
-    for label, match, target in goals:
-        if match["suite"] == "step":
-            these = [r for r in rows if r["suite"] == "step" and r["name"].endswith("_mimic")
-                     and r["unit"] == match["unit"] and r["ratio"] != ""]
-        else:
-            these = [r for r in rows if r["suite"] == "norms" and r["name"] == match["name"]
-                     and r["config"].startswith("fwd+bwd")]
-        lines.append(_goal_line(label, these))
-    train = [r for r in rows if r["suite"] == "train" and r["target"] != ""]
-    lines.append(_goal_line(f"every method's ResNet-20 trainer img/s ≥ {TRAIN_TARGET}x resnet20_bn's "
-                            f"(trainer defaults: each method's memory format and precision)", train))
-    for method, target in INFERENCE_TARGETS.items():
-        these = [r for r in rows if r["suite"] == "inference" and r["name"].endswith(f"_{method}")
-                 and r["target"] != ""]
-        base = NORM_BASELINE.get(method, "bn")
-        lines.append(_goal_line(f"{method} eval-mode img/s ≥ {target}x {base}'s", these))
-
-    originals = sorted({r["name"].split(" ")[0] for r in rows if r["name"].endswith("(original)")})
-    if originals:
-        lines += ["", "Norm layers, forward+backward, at the ResNet-20 and ResNet-50 shapes "
-                  "(range over shapes; the original is the paper's op sequence):", "",
-                  "| layer | vs | NormZoo fp32 | original fp32 | NormZoo bf16 | original bf16 |",
-                  "|---|---|---|---|---|---|"]
-    per_layer = sorted({r["name"] for r in rows if r["suite"] == "norms" and r["ratio"] != ""
-                        and not r["name"].endswith("(original)")},
-                       key=lambda n: (n.split(" ")[0] not in originals, n))
-    for name in per_layer:
-        base = next(r["baseline"] for r in rows if r["suite"] == "norms" and r["name"] == name)
-        cells = [_span(_ratios([r for r in rows if r["suite"] == "norms" and r["name"] == layer
-                                and r["dtype"] == dtype], config="fwd+bwd"))
-                 if any(r["name"] == layer for r in rows) else ""
-                 for dtype in DTYPES for layer in (name, f"{name} (original)")]
-        lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
-
-    step = [r for r in rows if r["suite"] == "step"]
-    if step:
-        configs = list(dict.fromkeys(r["config"] for r in step))
-        lines += ["", "Training step (SGD, forward+backward+update), time and peak memory against "
-                  "the BN twin; each configuration in a fresh process:", "",
-                  "| method | " + " | ".join(f"{c.split(' ')[0]} {d} time / memory" for c in configs
-                                          for d in DTYPES) + " |",
-                  "|---|" + "---|" * (len(configs) * len(DTYPES))]
-        methods = list(dict.fromkeys(r["name"].split("_", 1)[1] for r in step))
-        for method in methods:
-            cells = []
-            for config in configs:
-                for dtype in DTYPES:
-                    pair = {r["unit"]: r for r in step if r["config"] == config and r["dtype"] == dtype
-                            and r["name"].endswith(f"_{method}")}
-                    if not pair:
-                        cells.append("")
-                    elif pair["ms"]["ratio"] == "":
-                        cells.append(f"{float(pair['ms']['value']):.0f} ms / {float(pair['MiB']['value']):.0f} MiB")
-                    else:
-                        cells.append(f"{float(pair['ms']['ratio']):.2f}x / {float(pair['MiB']['ratio']):.2f}x")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-
-    inference = [r for r in rows if r["suite"] == "inference"]
-    if inference:
-        configs = list(dict.fromkeys(r["config"] for r in inference))
-        lines += ["", "Inference (eval mode), images per second:", "",
-                  "| method | " + " | ".join(f"{c} {d}" for c in configs for d in DTYPES)
-                  + " |", "|---|" + "---|" * (len(configs) * len(DTYPES))]
-        for method in dict.fromkeys(r["name"].split("_", 1)[1] for r in inference):
-            cells = []
-            for config in configs:
-                for dtype in DTYPES:
-                    r = next((r for r in inference if r["config"] == config and r["dtype"] == dtype
-                              and r["name"].endswith(f"_{method}")), None)
-                    cells.append("" if r is None else f"{float(r['value']):.0f}"
-                                 + (f" ({float(r['ratio']):.2f}x)" if r["ratio"] != "" else ""))
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-
-    others = [r for r in rows if r["suite"] in ("hub", "pipeline")]
-    if others:
-        lines += ["", "| loading | config | median | vs | ratio |", "|---|---|---|---|---|"]
-        for r in others:
-            ratio = f"{float(r['ratio']):.2f}x" if r["ratio"] != "" else ""
-            lines.append(f"| {r['name']} | {r['config']} | {float(r['value']):.3g} {r['unit']} | "
-                         f"{r['baseline']} | {ratio} |")
-    return "\n".join(lines)
-
-
 def write(rows: list[dict], header: dict, out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"benchmark-{header['device']}"
@@ -698,16 +552,8 @@ def write(rows: list[dict], header: dict, out: Path) -> tuple[Path, Path]:
         writer.writeheader()
         writer.writerows(rows)
     meta_path.write_text(json.dumps(header, indent=2) + "\n")
-    md_path.write_text(to_markdown(rows, header))
+    md_path.write_text(report.benchmark_markdown(rows, header, SUITES))
     return csv_path, md_path
-
-
-def read(out: Path, device: str = "cpu") -> tuple[list[dict], dict]:
-    """A written run: its rows (CSV) and header (JSON)."""
-    stem = out / f"benchmark-{device}"
-    with open(stem.with_suffix(".csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    return rows, json.loads(stem.with_suffix(".json").read_text())
 
 
 RUNNERS = {"norms": suite_norms, "step": suite_step, "inference": suite_inference,
@@ -774,7 +620,7 @@ def main(argv=None) -> int:
             print(f"error: {suite}: {e}", file=sys.stderr)
             return 2
     csv_path, md_path = write(rows, header, args.out)
-    print(to_markdown(rows, header))
+    print(report.benchmark_markdown(rows, header, SUITES))
     print(f"wrote {csv_path} and {md_path}", file=sys.stderr)
     return 0
 

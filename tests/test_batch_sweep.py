@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "eval"))
 import batch_sweep  # noqa: E402
+from zoo import report  # noqa: E402
 
 
 def sweep_args(data_root, tmp_path, *extra):
@@ -45,7 +46,7 @@ def test_batch_sweep_writes_its_csv_plot_and_settings(data_root, tmp_path):
     assert (results / "batch-sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     settings = json.loads((results / "batch-sweep.json").read_text())
     assert settings["train_images"] == 64 and settings["threads_per_cell"] >= 1
-    section = batch_sweep.readme_section(*batch_sweep.read(results))  # the README's tables
+    section = report.batch_sweep_section(*report.read_batch_sweep(results))  # the docs' tables
     assert "| bn | " in section and "| gn | " in section and "batch 16" in section
 
     # each cell is a run of the trainer, with the lr scaled by batch and the same warm-up share
@@ -86,7 +87,7 @@ def test_a_diverged_cell_is_a_result_and_is_not_retrained(data_root, tmp_path, m
     for _ in range(2):
         assert batch_sweep.main(args) == 0
     assert len(trained) == 1 and trained[0][trained[0].index("--model") + 1] == "resnet20_mimic"
-    rows, settings = batch_sweep.read(tmp_path / "results")
+    rows, settings = report.read_batch_sweep(tmp_path / "results")
     assert [(r["method"], r["status"], r["val_top1"]) for r in rows] == [
         ("mimic", "diverged at step 6", None)]
-    assert "| mimic | diverged at step 6 |" in batch_sweep.readme_section(rows, settings)
+    assert "| mimic | diverged at step 6 |" in report.batch_sweep_section(rows, settings)

@@ -11,6 +11,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "eval"))
 import benchmark  # noqa: E402
+from zoo import report  # noqa: E402
 
 
 # The methods the tiny run takes (each costs fresh processes): the baseline, mimic (the step
@@ -56,24 +57,37 @@ def test_benchmark_tiny_run_writes_well_formed_csv_markdown_and_header(tiny_benc
     header = json.loads((out / "benchmark-cpu.json").read_text())
     assert header["tiny"] is True and header["torch"] == torch.__version__ and header["machine"]
     markdown = (out / "benchmark-cpu.md").read_text()
-    assert markdown == benchmark.to_markdown(rows, header)
+    assert markdown == report.benchmark_markdown(rows, header, benchmark.SUITES)
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")
                   and not line.startswith("| name ")]
     assert len(table_rows) == len(rows)
     assert markdown in result.stdout
 
 
-def test_benchmark_readme_section_reports_every_goal(tiny_benchmark):
-    rows, header = benchmark.read(tiny_benchmark[0])
-    section = benchmark.readme_section(rows, header, "results.md")
-    goals = [line for line in section.splitlines() if ("≤" in line or "≥" in line)
-             and line.startswith("| ")]
-    # the compiled kernels have goal lines of their own
-    fused = ["ilm (fused)", "l1bn (fused)", "linfbn (fused)", "topkbn (fused)"]
-    assert len(goals) == (len(benchmark.NORM_TARGETS) + len(fused) + len(benchmark.STEP_TARGETS)
-                          + 1 + len(benchmark.INFERENCE_TARGETS))
-    assert all(any(line.startswith(f"| {name} forward+backward") for line in goals) for name in fused)
-    assert all(re.search(r"\| \d of \d+ \|$", line) for line in goals)
+def test_benchmark_performance_section_reports_every_goal(tiny_benchmark):
+    rows, header = report.read_benchmark(tiny_benchmark[0])
+    section = report.performance_section(rows, header, "results.md")
+    lines = section.splitlines()
+    goals = report.benchmark_goals(rows)
+    # every goal of the benchmark is a row of the goals table, in order, with its count of rows met
+    labels = [label for label, _ in goals]
+    goal_rows = [line for line in lines if any(line.startswith(f"| {label} |") for label in labels)]
+    assert [line.split(" | ")[0][2:] for line in goal_rows] == labels
+    for (label, these), line in zip(goals, goal_rows):
+        assert line.endswith(f"| {sum(r['meets'] == 'yes' for r in these)} of {len(these)} |")
+    # the goal list itself: each target of the benchmark, and a line of its own for every compiled
+    # kernel the run measured
+    for norm in report.NORM_TARGETS:
+        assert f"{norm} forward+backward ≤ {report.NORM_TARGETS[norm]}x" in " ".join(labels)
+    for name in ("ilm (fused)", "l1bn (fused)", "linfbn (fused)", "topkbn (fused)"):
+        assert any(label.startswith(f"{name} forward+backward") for label in labels)
+    for method in report.INFERENCE_TARGETS:
+        assert any(label.startswith(f"{method} eval-mode img/s") for label in labels)
+    assert sum("mimic training step" in label for label in labels) == len(report.STEP_TARGETS)
+    # a goal the run measured reports its rows; the tiny run measures each of these
+    measured = [label for label, these in goals if these]
+    assert any("trainer img/s" in label for label in measured)
+    assert any(label.startswith("ilm (fused)") for label in measured)
     assert "[results.md](results.md)" in section and header["command"] in section
 
 
@@ -99,7 +113,7 @@ def test_benchmark_refuses_bad_flags(flags, message):
 
 
 def test_benchmark_train_suite_runs_the_trainer_in_both_memory_formats(tiny_benchmark):
-    rows, _ = benchmark.read(tiny_benchmark[0])
+    rows, _ = report.read_benchmark(tiny_benchmark[0])
     train = [r for r in rows if r["suite"] == "train"]
     trainer = [r for r in train if r["config"].startswith("trainer")]
     assert {r["name"] for r in trainer} == {f"resnet20_{m}" for m in TINY_METHODS}

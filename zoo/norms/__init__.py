@@ -36,7 +36,7 @@ class NormSpec:
 
     name: str
     title: str
-    rule: str  # how the layer is built for C channels, as shown in the README
+    rule: str  # how the layer is built for C channels, as shown in the docs' naming table
     make: Callable[..., Optional[nn.Module]]
     kwargs: dict = dataclasses.field(default_factory=dict)
     paper: Optional[str] = None
