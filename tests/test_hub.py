@@ -26,11 +26,18 @@ def test_hub_list_help_and_load(tmp_path):
     hub.mkdir()
     (hub / "normzoo_normzoo_main").symlink_to(REPO, target_is_directory=True)
     result = _run(f"""
-        import json, sys, torch
+        import importlib.util, json, sys, torch
         torch.hub.set_dir({str(hub)!r})
         repo = "normzoo/normzoo:main"
         names = torch.hub.list(repo, trust_repo=True, verbose=False)
-        docs = {{n: torch.hub.help(repo, n, trust_repo=True) for n in names}}
+        # torch.hub.help re-imports hubconf on every call: ask it for a few names, and read
+        # every entry point's docstring from one import of the same hubconf
+        helped = {{n: torch.hub.help(repo, n, trust_repo=True) for n in ("resnet20_gn", "resnet50")}}
+        spec = importlib.util.spec_from_file_location("hubconf", {str(REPO / "hubconf.py")!r})
+        hubconf = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(hubconf)
+        docs = {{n: getattr(hubconf, n).__doc__ for n in names}}
+        assert all(helped[n] == docs[n] for n in helped), "torch.hub.help differs from __doc__"
         resnet = torch.hub.load({str(REPO)!r}, "resnet50_gn", source="local")
         cifar = torch.hub.load({str(REPO)!r}, "resnet20", source="local", num_classes=100)
         shape = list(resnet(torch.randn(1, 3, 64, 64)).shape)
