@@ -420,6 +420,21 @@ def test_package_manifest_is_valid(monkeypatch):
             assert path.stat().st_size == e["size_bytes"], e["name"]
 
 
+def test_manifest_entries_round_trip_through_the_dataclass(tmp_path):
+    """ManifestEntry's fields are the schema: every shipped entry types and comes back as it
+    was, and the manifest written from the typed entries has the same bytes."""
+    raw = json.loads(zoo.weights.MANIFEST_PATH.read_text())
+    typed = [zoo.weights.ManifestEntry.from_dict(e) for e in raw["weights"]]
+    assert [list(t.to_dict()) for t in typed] == [list(zoo.weights.ENTRY_KEYS)] * len(typed)
+    assert [t.to_dict() for t in typed] == raw["weights"]
+    path = zoo.weights.write_manifest({"schema_version": 1, "weights": [t.to_dict() for t in typed]},
+                                      tmp_path / "weights_manifest.json")
+    assert path.read_bytes() == zoo.weights.MANIFEST_PATH.read_bytes()
+    with pytest.raises(WeightsError, match="missing key license"):
+        zoo.weights.ManifestEntry.from_dict({k: v for k, v in raw["weights"][0].items()
+                                             if k != "license"})
+
+
 def test_validate_manifest_rejects_bad_entries(bn_ckpt, manifest):
     entry = zoo.hub.register(bn_ckpt[1])
     assert sorted(entry) == sorted(zoo.weights.ENTRY_KEYS)

@@ -44,40 +44,158 @@ SCHEMA_VERSION = 1
 UNPUBLISHED = "unpublished"  # the revision of an entry not (yet) on the Hub
 HUB_FILENAME = "model.safetensors"
 
-# Every key an entry has, none optional (a value may be null where the text says so).
-ENTRY_KEYS = (
-    "name",          # "{model}.{tag}"
-    "model",         # "{arch}_{norm}", the zoo model name
-    "architecture",  # the registered architecture
-    "norm",
-    "tag",
-    "norm_kwargs",   # norm keyword arguments the weights were trained with
-    "model_kwargs",  # architecture options the weights were trained with
-    "dataset",       # what the metrics were measured on, e.g. "cifar10"
-    "num_classes",
-    "categories",    # label names reference: "cifar10", "imagenet-1k" (zoo.data.categories)
-    "hub_repo_id",
-    "filename",
-    "revision",      # a 40-hex Hub commit, or "unpublished"
-    "mirror_url",    # null or an https URL serving the same bytes
-    "shipped",       # null, or the package copy's path relative to the manifest's folder
-    "sha256",
-    "size_bytes",
-    "num_params",
-    "gmacs",         # multiply-adds per image at the preprocessing's input size, in 1e9
-    "preprocessing",
-    "metrics",       # {"top1", "top5", "split", "num_images"}
-    "recipe",        # {"command", "commit"} + the run's summary (RECIPE_KEYS; null when unknown)
-    "license",
-    "paper",
-    "default",       # the model's weights="DEFAULT"
-    "notes",         # null, or what a user must know, e.g. trained with an earlier form of a layer
-)
-PREPROCESSING_KEYS = ("input_size", "resize", "crop", "interpolation", "mean", "std")
-METRICS_KEYS = ("top1", "top5", "split", "num_images")
-# What produced the file, and how the run went: the trainer's recipe name, epochs, final
-# validation top-1 (held-out training images), median training img/s and wall minutes.
-RECIPE_KEYS = ("command", "commit", "name", "epochs", "val_top1", "img_per_s", "minutes")
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """An entry's ``preprocessing`` object: what ``eval_transforms`` does before the model."""
+
+    input_size: list[int]       # [3, H, W], what the model sees
+    resize: Optional[int]       # the shorter side before the crop; null: none
+    crop: int                   # the center crop's side
+    interpolation: str          # a torchvision InterpolationMode value, e.g. "bilinear"
+    mean: list[float]
+    std: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    """An entry's ``metrics`` object: the evaluation its figures come from."""
+
+    top1: float
+    top5: float
+    split: str                  # e.g. "cifar10-test"
+    num_images: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """An entry's ``recipe`` object: what produced the file, and how the run went (each null
+    when unknown)."""
+
+    command: Optional[str]
+    commit: Optional[str]
+    name: Optional[str]         # the trainer's recipe name
+    epochs: Optional[int]
+    val_top1: Optional[float]   # final validation top-1 on held-out training images
+    img_per_s: Optional[float]  # median training img/s
+    minutes: Optional[float]    # wall minutes
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestEntry:
+    """One published checkpoint of the manifest: its fields are the schema, in order (as timm's
+    ``PretrainedCfg``). Every key is required; a value may be null where the type says
+    Optional. ``preprocessing``, ``metrics`` and ``recipe`` are objects with the fields of
+    :class:`Preprocessing`, :class:`Metrics` and :class:`Recipe` as keys.
+
+    The manifest holds plain JSON objects, and ``load_manifest`` returns them as dicts;
+    ``problems`` checks one, ``from_dict`` checks and types it, ``to_dict`` gives it back.
+    """
+
+    name: str                   # "{model}.{tag}"
+    model: str                  # "{arch}_{norm}", the zoo model name
+    architecture: str           # the registered architecture
+    norm: str
+    tag: str
+    norm_kwargs: dict           # norm keyword arguments the weights were trained with
+    model_kwargs: dict          # architecture options the weights were trained with
+    dataset: str                # what the metrics were measured on, e.g. "cifar10"
+    num_classes: int
+    categories: str             # label names reference: "cifar10", "imagenet-1k" (zoo.data.categories)
+    hub_repo_id: str
+    filename: str
+    revision: str               # a 40-hex Hub commit, or "unpublished"
+    mirror_url: Optional[str]   # null or an https URL serving the same bytes
+    shipped: Optional[str]      # null, or the package copy's path relative to the manifest's folder
+    sha256: str
+    size_bytes: int
+    num_params: int
+    gmacs: float                # multiply-adds per image at the preprocessing's input size, in 1e9
+    preprocessing: dict         # Preprocessing's keys
+    metrics: dict               # Metrics' keys
+    recipe: dict                # Recipe's keys: {"command", "commit"} + the run's summary
+    license: str
+    paper: str
+    default: bool               # the model's weights="DEFAULT"
+    notes: Optional[str]        # null, or what a user must know, e.g. trained with an earlier form of a layer
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> ManifestEntry:
+        """A manifest entry (a parsed JSON object), checked and typed; WeightsError names
+        every problem."""
+        problems = cls.problems(entry)
+        if problems:
+            raise WeightsError(f"manifest entry {entry.get('name', '?')!r} is invalid:\n  "
+                               + "\n  ".join(problems))
+        return cls(**copy.deepcopy(dict(entry)))
+
+    def to_dict(self) -> dict:
+        """The entry as the manifest's JSON object."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def problems(cls, entry: Mapping[str, Any]) -> list[str]:
+        """What is wrong with one entry (empty when it is valid)."""
+        from .registry import parse_model_name
+
+        problems = _key_problems(entry, ENTRY_KEYS, "")
+        if problems:
+            return problems
+        for field, schema in _OBJECTS.items():
+            if not isinstance(entry[field], dict):
+                problems.append(f"{field} must be an object")
+            else:
+                problems += _key_problems(entry[field], _keys(schema), f"{field}.")
+        try:
+            arch, norm = parse_model_name(entry["model"])
+            if (arch, norm) != (entry["architecture"], entry["norm"]):
+                problems.append(f"model {entry['model']!r} is {arch} + {norm}, not "
+                                f"{entry['architecture']} + {entry['norm']}")
+        except ValueError:
+            problems.append(f"unknown model {entry['model']!r}")
+        if entry["name"] != f"{entry['model']}.{entry['tag']}":
+            problems.append(f"name must be '{{model}}.{{tag}}' = {entry['model']}.{entry['tag']}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", str(entry["tag"])):
+            problems.append("tag must be lowercase letters, digits, '_' and '-'")
+        if not (entry["revision"] == UNPUBLISHED or _HEX40.fullmatch(str(entry["revision"]))):
+            problems.append(f"revision must be a 40-hex commit or {UNPUBLISHED!r}, not a moving "
+                            f"ref such as {entry['revision']!r}")
+        if not _SHA256.fullmatch(str(entry["sha256"])):
+            problems.append("sha256 must be 64 lowercase hex digits")
+        for field in ("num_classes", "size_bytes", "num_params"):
+            if isinstance(entry[field], bool) or not isinstance(entry[field], int) or entry[field] < 1:
+                problems.append(f"{field} must be a positive integer")
+        if not isinstance(entry["default"], bool):
+            problems.append("default must be true or false")
+        if entry["notes"] is not None and not (isinstance(entry["notes"], str) and entry["notes"].strip()):
+            problems.append("notes must be null or a non-empty string")
+        if entry["mirror_url"] is not None and not str(entry["mirror_url"]).startswith(("https://", "http://")):
+            problems.append("mirror_url must be null or an http(s) URL")
+        if not (isinstance(entry["hub_repo_id"], str) and _HUB_REPO_ID.fullmatch(entry["hub_repo_id"])):
+            problems.append(f"hub_repo_id must be 'owner/name' of letters, digits, '-', '_' and '.' "
+                            f"(no '--' or '..', not starting or ending with '-' or '.'), not "
+                            f"{entry['hub_repo_id']!r}")
+        if not _relative_inside(entry["filename"]):
+            problems.append(f"filename must be a file's path in the Hub repo such as "
+                            f"{HUB_FILENAME!r} ('/'-separated, no '..', '.', leading '/', drive or "
+                            f"backslash), not {entry['filename']!r}")
+        if entry["shipped"] is not None and not _relative_inside(entry["shipped"]):
+            problems.append(f"shipped must be null or a path inside the manifest's folder such as "
+                            f"'pretrained/{entry['name']}.safetensors' ('/'-separated, no '..', '.', "
+                            f"leading '/', drive or backslash), not {entry['shipped']!r}")
+        return problems
+
+
+def _keys(schema: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(schema))
+
+
+_OBJECTS = {"preprocessing": Preprocessing, "metrics": Metrics, "recipe": Recipe}
+# The keys, in order, of an entry and of its objects (the dataclasses' fields).
+ENTRY_KEYS = _keys(ManifestEntry)
+PREPROCESSING_KEYS = _keys(Preprocessing)
+METRICS_KEYS = _keys(Metrics)
+RECIPE_KEYS = _keys(Recipe)
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -137,7 +255,7 @@ def validate_manifest(manifest: Any) -> list[str]:
         if not isinstance(entry, dict):
             problems.append(f"{where}: not an object")
             continue
-        problems += [f"{where}: {p}" for p in _entry_problems(entry)]
+        problems += [f"{where}: {p}" for p in ManifestEntry.problems(entry)]
         name = entry.get("name")
         if name in seen:
             problems.append(f"{where}: duplicate name")
@@ -147,58 +265,6 @@ def validate_manifest(manifest: Any) -> list[str]:
                 problems.append(f"{where}: a second default for {entry['model']} "
                                 f"(first: {defaults[entry['model']]})")
             defaults.setdefault(entry.get("model"), name)
-    return problems
-
-
-def _entry_problems(entry: dict) -> list[str]:
-    from .registry import parse_model_name
-
-    problems = _key_problems(entry, ENTRY_KEYS, "")
-    if problems:
-        return problems
-    for field, keys in (("preprocessing", PREPROCESSING_KEYS), ("metrics", METRICS_KEYS),
-                        ("recipe", RECIPE_KEYS)):
-        if not isinstance(entry[field], dict):
-            problems.append(f"{field} must be an object")
-        else:
-            problems += _key_problems(entry[field], keys, f"{field}.")
-    try:
-        arch, norm = parse_model_name(entry["model"])
-        if (arch, norm) != (entry["architecture"], entry["norm"]):
-            problems.append(f"model {entry['model']!r} is {arch} + {norm}, not "
-                            f"{entry['architecture']} + {entry['norm']}")
-    except ValueError:
-        problems.append(f"unknown model {entry['model']!r}")
-    if entry["name"] != f"{entry['model']}.{entry['tag']}":
-        problems.append(f"name must be '{{model}}.{{tag}}' = {entry['model']}.{entry['tag']}")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*", str(entry["tag"])):
-        problems.append("tag must be lowercase letters, digits, '_' and '-'")
-    if not (entry["revision"] == UNPUBLISHED or _HEX40.fullmatch(str(entry["revision"]))):
-        problems.append(f"revision must be a 40-hex commit or {UNPUBLISHED!r}, not a moving "
-                        f"ref such as {entry['revision']!r}")
-    if not _SHA256.fullmatch(str(entry["sha256"])):
-        problems.append("sha256 must be 64 lowercase hex digits")
-    for field in ("num_classes", "size_bytes", "num_params"):
-        if isinstance(entry[field], bool) or not isinstance(entry[field], int) or entry[field] < 1:
-            problems.append(f"{field} must be a positive integer")
-    if not isinstance(entry["default"], bool):
-        problems.append("default must be true or false")
-    if entry["notes"] is not None and not (isinstance(entry["notes"], str) and entry["notes"].strip()):
-        problems.append("notes must be null or a non-empty string")
-    if entry["mirror_url"] is not None and not str(entry["mirror_url"]).startswith(("https://", "http://")):
-        problems.append("mirror_url must be null or an http(s) URL")
-    if not (isinstance(entry["hub_repo_id"], str) and _HUB_REPO_ID.fullmatch(entry["hub_repo_id"])):
-        problems.append(f"hub_repo_id must be 'owner/name' of letters, digits, '-', '_' and '.' "
-                        f"(no '--' or '..', not starting or ending with '-' or '.'), not "
-                        f"{entry['hub_repo_id']!r}")
-    if not _relative_inside(entry["filename"]):
-        problems.append(f"filename must be a file's path in the Hub repo such as "
-                        f"{HUB_FILENAME!r} ('/'-separated, no '..', '.', leading '/', drive or "
-                        f"backslash), not {entry['filename']!r}")
-    if entry["shipped"] is not None and not _relative_inside(entry["shipped"]):
-        problems.append(f"shipped must be null or a path inside the manifest's folder such as "
-                        f"'pretrained/{entry['name']}.safetensors' ('/'-separated, no '..', '.', "
-                        f"leading '/', drive or backslash), not {entry['shipped']!r}")
     return problems
 
 
