@@ -26,7 +26,9 @@ import torchvision
 import torchvision.transforms.v2
 
 import zoo
+import zoo.cli
 import zoo.hub
+import zoo.preprocessing
 import zoo.weights
 from zoo.data import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, load_cifar
 from zoo.weights import WeightsError
@@ -570,7 +572,7 @@ def test_imagenet_style_transforms():
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    pre = zoo.weights.default_preprocessing(zoo.create_model("resnet18_bn"))
+    pre = zoo.preprocessing.default_preprocessing(zoo.create_model("resnet18_bn"))
     assert (pre["resize"], pre["crop"], pre["input_size"]) == (256, 224, [3, 224, 224])
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
@@ -582,7 +584,19 @@ def test_imagenet_style_transforms():
     ref = (ref - torch.tensor(pre["mean"]).view(3, 1, 1)) / torch.tensor(pre["std"]).view(3, 1, 1)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     tall = torch.randint(0, 256, (2, 3, 500, 240), dtype=torch.uint8)
-    assert zoo.weights.eval_transforms(pre)(tall).shape == (2, 3, 224, 224)
+    assert zoo.preprocessing.eval_transforms(pre)(tall).shape == (2, 3, 224, 224)
+
+
+@pytest.mark.parametrize("name, module", [
+    ("eval_transforms", zoo.preprocessing), ("default_preprocessing", zoo.preprocessing),
+    ("new_head", zoo.models), ("head_keys", zoo.models), ("git_commit", zoo.cli)])
+def test_moved_helpers_keep_their_old_path_for_a_release(name, module):
+    with pytest.warns(DeprecationWarning, match=f"zoo.weights.{name} moved to {module.__name__}.{name}"):
+        assert getattr(zoo.weights, name) is getattr(module, name)
+    with pytest.warns(DeprecationWarning):
+        exec(f"from zoo.weights import {name}", {})
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        zoo.weights.no_such_name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .cli import git_commit
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .registry import create_model, get_arch, list_archs, list_models, parse_model_name
-from .weights import WeightsError, _few, git_commit, save_checkpoint, sha256sum
+from .weights import WeightsError, _few, save_checkpoint, sha256sum
 
 __all__ = ["ConvertError", "SOURCES", "convert", "read_state_dict", "map_ilm_authors",
            "map_torchvision", "map_cifar_reproduction"]

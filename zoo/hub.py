@@ -265,7 +265,7 @@ preprocess = zoo.get_weight("{e['name']}").transforms()  # PIL image or uint8 te
         usage = f"""# pip install git+https://github.com/{GITHUB_REPO}
 import zoo
 model = zoo.create_model("{e['model']}", weights="{hub_ref}").eval()
-preprocess = zoo.weights.eval_transforms(model.config["preprocessing"])  # PIL/uint8 -> input"""
+preprocess = zoo.preprocessing.eval_transforms(model.config["preprocessing"])  # PIL/uint8 -> input"""
     body = f"""
 # {e['name']}
 

@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import warnings
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -341,6 +340,8 @@ class Weights:
 
     def transforms(self):
         """The evaluation preprocessing (torchvision transforms v2) these weights expect."""
+        from .preprocessing import eval_transforms
+
         return eval_transforms(self.entry["preprocessing"])
 
     def get_state_dict(self, progress: bool = True) -> dict[str, torch.Tensor]:
@@ -546,52 +547,6 @@ def sha256sum(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
-def default_preprocessing(model: nn.Module) -> dict:
-    """The usual evaluation preprocessing of a model's dataset family."""
-    from .data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
-
-    size = model.config["input_size"][-1]
-    if model.config["dataset"] == "cifar":
-        return {"input_size": [3, size, size], "resize": None, "crop": size,
-                "interpolation": "bilinear", "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
-    return {"input_size": [3, size, size], "resize": round(size / 0.875), "crop": size,
-            "interpolation": "bilinear", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-def eval_transforms(preprocessing: Mapping[str, Any]):
-    """torchvision transforms v2 for evaluation: (resize), center crop, scale to [0, 1], normalize.
-
-    Takes PIL images or uint8 tensors (single or batched).
-    """
-    from torchvision.transforms import InterpolationMode, v2
-
-    steps = [v2.ToImage()]
-    if preprocessing.get("resize"):
-        steps.append(v2.Resize(preprocessing["resize"],
-                               interpolation=InterpolationMode(preprocessing["interpolation"]),
-                               antialias=True))
-    steps += [v2.CenterCrop(preprocessing["crop"]), v2.ToDtype(torch.float32, scale=True),
-              v2.Normalize(preprocessing["mean"], preprocessing["std"])]
-    return v2.Compose(steps)
-
-
-def git_commit() -> str:
-    """This checkout's commit, recorded in checkpoints as what produced them (``-dirty``
-    with uncommitted changes), or "unknown" (an installed package, no git)."""
-    repo = Path(__file__).resolve().parents[1]
-    if not (repo / ".git").exists():  # an installed package: not ours to ask git about
-        return "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain",
-                                "--untracked-files=no"], cwd=repo, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def save_checkpoint(model: nn.Module, path: Union[str, Path], *, tag: str,
                     dataset: Optional[str] = None, categories: Optional[str] = None,
                     preprocessing: Optional[dict] = None, metrics: Optional[dict] = None,
@@ -604,6 +559,7 @@ def save_checkpoint(model: nn.Module, path: Union[str, Path], *, tag: str,
     from safetensors.torch import save_model
 
     from . import __version__
+    from .preprocessing import default_preprocessing
 
     config = getattr(model, "config", None)
     if not config:
@@ -732,6 +688,8 @@ def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bo
     """
     from safetensors.torch import load_model
 
+    from .models import new_head
+
     path = source.fetch(progress=progress) if isinstance(source, Weights) else _checkpoint_file(source)
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
@@ -750,22 +708,6 @@ def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bo
     if num_classes is None or num_classes == model.config["num_classes"]:
         return []
     return new_head(model, num_classes)
-
-
-def new_head(model: nn.Module, num_classes: int) -> list[str]:
-    """Give a loaded model a freshly initialised ``num_classes`` head (classifier and logits
-    norm) for fine-tuning; returns and logs the re-initialised keys."""
-    model.reset_classifier(num_classes)  # model.config follows
-    reinitialized = head_keys(model)
-    _log.warning("%s: loaded %s with a new %d-class head; re-initialised %s",
-                 model.config["name"], model.config.get("weights"), num_classes, ", ".join(reinitialized))
-    return reinitialized
-
-
-def head_keys(model: nn.Module) -> list[str]:
-    """The state_dict keys of the model's head (classifier and logits norm, ``head_names``)."""
-    heads = model.head_names()
-    return sorted(k for k in model.state_dict() if any(k.startswith(f"{n}.") for n in heads))
 
 
 def _few(keys: Iterable[str], n: int = 5) -> str:
@@ -1015,3 +957,18 @@ def _atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# Helpers that are not about weights lived here; the old paths work until the next release.
+_MOVED = {"eval_transforms": "zoo.preprocessing", "default_preprocessing": "zoo.preprocessing",
+          "new_head": "zoo.models", "head_keys": "zoo.models", "git_commit": "zoo.cli"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        warnings.warn(f"zoo.weights.{name} moved to {_MOVED[name]}.{name}; the old name goes "
+                      f"in the next release", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
