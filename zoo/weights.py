@@ -31,7 +31,7 @@ import secrets
 import shutil
 import warnings
 from pathlib import Path, PureWindowsPath
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -135,8 +135,6 @@ class ManifestEntry:
     @classmethod
     def problems(cls, entry: Mapping[str, Any]) -> list[str]:
         """What is wrong with one entry (empty when it is valid)."""
-        from .registry import parse_model_name
-
         problems = _key_problems(entry, ENTRY_KEYS, "")
         if problems:
             return problems
@@ -146,7 +144,7 @@ class ManifestEntry:
             else:
                 problems += _key_problems(entry[field], _keys(schema), f"{field}.")
         try:
-            arch, norm = parse_model_name(entry["model"])
+            arch, norm = split_model_name(entry["model"])
             if (arch, norm) != (entry["architecture"], entry["norm"]):
                 problems.append(f"model {entry['model']!r} is {arch} + {norm}, not "
                                 f"{entry['architecture']} + {entry['norm']}")
@@ -238,6 +236,27 @@ def _parse_manifest(text: str, path: str) -> dict:
     if problems:
         raise WeightsError(f"weights manifest {path} is invalid:\n  " + "\n  ".join(problems))
     return manifest
+
+
+# Model names are the registry's: zoo.registry imports this module and hands its
+# parse_model_name over as it is imported, so nothing here imports the registry back.
+_model_name_parser: Optional[Callable[[str], tuple[str, str]]] = None
+
+
+def set_model_name_parser(parse: Callable[[str], tuple[str, str]]) -> None:
+    """How a model name splits into ``(architecture, norm)``, raising ValueError for an
+    unknown one: the manifest's check of each entry's model and ``get_model_weights`` use it.
+    ``zoo.registry`` sets its ``parse_model_name`` when it is imported (``import zoo`` does)."""
+    global _model_name_parser
+    _model_name_parser = parse
+    _parse_manifest.cache_clear()  # manifests checked by another rule are checked again
+
+
+def split_model_name(name: str) -> tuple[str, str]:
+    """``(architecture, norm)`` of a model name, by the rule ``set_model_name_parser`` set."""
+    if _model_name_parser is None:
+        raise RuntimeError("no model-name rule is set: import zoo (zoo.registry sets it)")
+    return _model_name_parser(name)
 
 
 def validate_manifest(manifest: Any) -> list[str]:
@@ -390,9 +409,7 @@ def get_model_weights(model: str) -> type[enum.Enum]:
     the rest of :class:`Weights` (``.fetch()``, ``.tag``, ``.entry``); ``get_state_dict()``
     reads the verified safetensors file (torchvision's would unpickle a download).
     """
-    from .registry import parse_model_name
-
-    arch, norm = parse_model_name(model)
+    arch, norm = split_model_name(model)
     members = {w.tag.upper().replace("-", "_"): w for w in weights_of(f"{arch}_{norm}")}
     default = next((w for w in members.values() if w.entry["default"]), None)
     if default is not None:
