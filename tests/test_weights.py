@@ -284,7 +284,7 @@ def test_pretrained_is_the_first_entry_and_warns_once(bn_ckpt, cifar, manifest, 
     _register(second, tmp_path, "second", default=True, ship=True)
     entries = zoo.weights.load_manifest()["weights"]
     assert [(e["tag"], e["default"]) for e in entries] == [("first", False), ("second", True)]
-    monkeypatch.setattr(zoo.weights, "_PRETRAINED_SAID", set())
+    monkeypatch.setattr(zoo.weights, "PRETRAINED_WARNED", set())
 
     with pytest.warns(UserWarning, match="resnet20_bn.first"):
         model = zoo.create_model("resnet20_bn", pretrained=True)

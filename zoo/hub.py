@@ -33,8 +33,8 @@ except ImportError:  # before 1.0 they were requests' errors, which are OSErrors
     _ClientError = OSError
 
 from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, ManifestEntry,
-                      Weights, WeightsError, get_weight, load_manifest, manifest_path, read_metadata,
-                      sha256sum, write_manifest)
+                      Weights, WeightsError, get_weight, load_manifest, manifest_path,
+                      read_metadata, sha256sum, write_manifest)
 
 DEFAULT_ORG = "normzoo"
 GITHUB_REPO = "org/normzoo"
@@ -347,7 +347,7 @@ def push_to_hub(model_or_checkpoint: Union[nn.Module, str, Path], repo_id: str, 
     (into ``out``, else a temporary folder) without uploading. Returns ``{"folder",
     "repo_id", "revision"}`` as :func:`publish` does; the manifest is not touched.
     """
-    from .weights import _checkpoint_file, save_checkpoint
+    from .weights import checkpoint_file, save_checkpoint
 
     repo_id = _checked_repo_id(repo_id)
     token = None if dry_run else _token()
@@ -357,7 +357,7 @@ def push_to_hub(model_or_checkpoint: Union[nn.Module, str, Path], repo_id: str, 
             path = save_checkpoint(model_or_checkpoint, scratch / "checkpoint" / HUB_FILENAME,
                                    tag=tag)
         else:
-            path = _checkpoint_file(model_or_checkpoint)
+            path = checkpoint_file(model_or_checkpoint)
         w = local_weights(path, measured=False)
         w.entry["hub_repo_id"] = repo_id
         folder = build_folder(w, Path(out) if out is not None else scratch / "hub",

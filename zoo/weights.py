@@ -444,7 +444,8 @@ def _tags_of(model: str) -> list[str]:
     return [w.tag for w in weights_of(model)]
 
 
-_PRETRAINED_SAID: set[str] = set()
+# The models whose pretrained=True warning was given: it is given once per model and process.
+PRETRAINED_WARNED: set[str] = set()
 
 
 def resolve_weights(model: str, weights: Any, pretrained: bool,
@@ -464,8 +465,8 @@ def resolve_weights(model: str, weights: Any, pretrained: bool,
         if not available:
             raise WeightsError(_none_published(model))
         pinned = available[0]  # the model's first published entry; entries are never reordered
-        if model not in _PRETRAINED_SAID:
-            _PRETRAINED_SAID.add(model)
+        if model not in PRETRAINED_WARNED:
+            PRETRAINED_WARNED.add(model)
             warnings.warn(f"pretrained=True loads the fixed weights {pinned.name!r}; "
                           f"weights='DEFAULT' follows the best published ones", stacklevel=3)
         return pinned
@@ -638,7 +639,7 @@ def read_metadata(path: Union[str, Path]) -> dict:
     """A checkpoint's metadata with JSON fields decoded (``{}`` for a file without any)."""
     from safetensors import safe_open
 
-    path = _checkpoint_file(path)
+    path = checkpoint_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
@@ -670,7 +671,7 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
     """``(state_dict, metadata)`` of a safetensors checkpoint file or Hub-ready folder."""
     from safetensors.torch import load_file
 
-    path = _checkpoint_file(path)
+    path = checkpoint_file(path)
     meta = read_metadata(path)
     try:
         return load_file(str(path)), meta
@@ -678,7 +679,9 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
         raise WeightsError(_not_safetensors(path, e)) from None
 
 
-def _checkpoint_file(path: Union[str, Path]) -> Path:
+def checkpoint_file(path: Union[str, Path]) -> Path:
+    """The safetensors file a checkpoint path names: the file itself, or the model.safetensors
+    of a Hub-ready folder; WeightsError where there is none."""
     path = Path(path).expanduser()
     if path.is_dir():
         if not (path / HUB_FILENAME).is_file():
@@ -707,7 +710,7 @@ def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bo
 
     from .models import new_head
 
-    path = source.fetch(progress=progress) if isinstance(source, Weights) else _checkpoint_file(source)
+    path = source.fetch(progress=progress) if isinstance(source, Weights) else checkpoint_file(source)
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except RuntimeError as e:
@@ -717,8 +720,8 @@ def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bo
     if missing or unexpected:
         raise WeightsError(
             f"{path} does not fit {model.config['name']}: missing keys "
-            f"{_few(missing)}, unexpected keys {_few(unexpected)}. Was it saved from another "
-            f"model? Its metadata says {read_metadata(path).get('model', 'nothing')!r}")
+            f"{short_list(missing)}, unexpected keys {short_list(unexpected)}. Was it saved from "
+            f"another model? Its metadata says {read_metadata(path).get('model', 'nothing')!r}")
     model.config["weights"] = source.name if isinstance(source, Weights) else str(path)
     model.config["preprocessing"] = (source.entry["preprocessing"] if isinstance(source, Weights)
                                      else read_metadata(path).get("preprocessing"))
@@ -727,7 +730,9 @@ def load_weights(model: nn.Module, source: Union[Weights, Path], *, progress: bo
     return new_head(model, num_classes)
 
 
-def _few(keys: Iterable[str], n: int = 5) -> str:
+def short_list(keys: Iterable[str], n: int = 5) -> str:
+    """State-dict keys for a message, sorted: the first ``n`` and how many more,
+    ``"[a, b, ... 3 more]"``."""
     keys = sorted(keys)  # safetensors' load_model returns sets
     return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
 
