@@ -284,7 +284,7 @@ def test_pretrained_is_the_first_entry_and_warns_once(bn_ckpt, cifar, manifest, 
     _register(second, tmp_path, "second", default=True, ship=True)
     entries = zoo.weights.load_manifest()["weights"]
     assert [(e["tag"], e["default"]) for e in entries] == [("first", False), ("second", True)]
-    monkeypatch.setattr(zoo.weights, "PRETRAINED_WARNED", set())
+    monkeypatch.setattr(zoo.weights.api, "PRETRAINED_WARNED", set())
 
     with pytest.warns(UserWarning, match="resnet20_bn.first"):
         model = zoo.create_model("resnet20_bn", pretrained=True)
@@ -410,7 +410,7 @@ def test_truncated_and_missing_files(bn_ckpt, tmp_path):
 def test_package_manifest_is_valid(monkeypatch):
     monkeypatch.delenv("NORMZOO_MANIFEST", raising=False)
     assert zoo.weights.manifest_path() == zoo.weights.MANIFEST_PATH
-    assert zoo.weights.MANIFEST_PATH.parent == Path(zoo.weights.__file__).resolve().parent
+    assert zoo.weights.MANIFEST_PATH.parent == Path(zoo.__file__).resolve().parent  # zoo's package data
     raw = json.loads(zoo.weights.MANIFEST_PATH.read_text())
     assert zoo.weights.validate_manifest(raw) == []
     assert zoo.weights.load_manifest() == raw
@@ -645,8 +645,9 @@ def test_wheel_ships_the_manifest_and_checkpoints(bn_ckpt, tmp_path):
     (wheel,) = out.glob("normzoo-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        assert {"zoo/weights_manifest.json", "zoo/weights.py", "zoo/hub.py", "zoo/registry.py",
+        assert {"zoo/weights_manifest.json", "zoo/hub.py", "zoo/registry.py",
                 "zoo/pretrained/resnet20_bn.test.safetensors"} <= names
+        assert {f"zoo/weights/{p.name}" for p in (REPO / "zoo" / "weights").glob("*.py")} <= names
         info = zf.getinfo("zoo/weights_manifest.json")
         mode = info.external_attr >> 16
         assert mode == 0 or stat.S_ISREG(mode), oct(mode)  # a regular file, not a link
