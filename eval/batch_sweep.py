@@ -171,7 +171,7 @@ def score_cell(args) -> None:
     import zoo
     from zoo.data import load_cifar
     from zoo.evaluate import cifar_batches, evaluate
-    from zoo.weights import default_preprocessing, eval_transforms
+    from zoo.preprocessing import default_preprocessing, eval_transforms
     from train.recipes import get_recipe
 
     folder = Path(args.score_cell)
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     import zoo
     from train.recipes import get_recipe
-    from zoo.weights import git_commit
+    from zoo.cli import git_commit
 
     try:
         recipe = get_recipe(args.recipe)

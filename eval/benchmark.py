@@ -482,7 +482,7 @@ def suite_pipeline(args, device, clock) -> list[dict]:
     from torchvision import transforms as T
 
     from zoo.evaluate import ImageNetVal, imagenet_loader
-    from zoo.weights import default_preprocessing, eval_transforms
+    from zoo.preprocessing import default_preprocessing, eval_transforms
 
     if not args.imagenet_sample.is_dir():
         raise FileNotFoundError(f"{args.imagenet_sample} does not exist; pass --imagenet-sample DIR "

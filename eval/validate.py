@@ -27,7 +27,8 @@ from zoo.data import load_cifar  # noqa: E402
 from zoo.evaluate import (ImageNetVal, cifar_batches, evaluate, imagenet_loader,  # noqa: E402
                           rank_and_world, split_name)
 from zoo.progress import progress_bar  # noqa: E402
-from zoo.weights import WeightsError, default_preprocessing, eval_transforms, read_metadata  # noqa: E402
+from zoo.preprocessing import default_preprocessing, eval_transforms  # noqa: E402
+from zoo.weights import WeightsError, read_metadata  # noqa: E402
 
 COLUMNS = ("model", "weights", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size",
            "crop_pct", "interpolation", "images", "img_per_sec", "split", "recorded_top1",

@@ -221,7 +221,7 @@ def test_mirror_cache_file_changed_by_another_process(action, when, downloads, t
             _another_process(action, target, ckpt["bytes"])
         return digest
 
-    monkeypatch.setattr(zoo.weights, "sha256sum", racing_sha256sum)
+    monkeypatch.setattr(zoo.weights.fetch, "sha256sum", racing_sha256sum)  # what fetching calls
     assert w.fetch(progress=False) == target
     assert target.read_bytes() == ckpt["bytes"]
     assert _mirror_gets(hub) == downloads

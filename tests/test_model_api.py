@@ -129,8 +129,8 @@ def test_head_contract_on_vgg_and_a_hand_swapped_classifier():
 def test_new_head_is_reset_classifier():
     model = zoo.create_model("resnet20_mimic", weights="DEFAULT", num_classes=100)
     assert model.config["num_classes"] == 100 and model.logits_norm.num_features == 100
-    assert zoo.weights.head_keys(model) == ["fc.bias", "fc.weight", "logits_norm.num_batches_tracked",
-                                            "logits_norm.running_mean", "logits_norm.running_var"]
+    assert zoo.models.head_keys(model) == ["fc.bias", "fc.weight", "logits_norm.num_batches_tracked",
+                                           "logits_norm.running_mean", "logits_norm.running_var"]
 
 
 @pytest.mark.parametrize("name", [f"resnet20_{n}" for n in BATCH_NORMS + ["gn", "ilm", "mimic"]]

@@ -30,7 +30,8 @@ from train.loop import lr_lambda, param_groups
 from train.recipes import NORM_MATTERS, RECIPES, for_model, get_recipe, override
 from zoo.data import CIFAR_MEAN, CIFAR_STD, load_cifar
 from zoo.evaluate import cifar_batches, evaluate
-from zoo.weights import default_preprocessing, eval_transforms, read_metadata
+from zoo.preprocessing import default_preprocessing, eval_transforms
+from zoo.weights import read_metadata
 
 from conftest import REPO
 

@@ -27,7 +27,8 @@ import zoo.hub
 from zoo.data import load_cifar
 from zoo.evaluate import (EvalResult, ImageNetVal, cifar_batches, evaluate, imagenet_loader,
                           imagenet_wnids, shard, split_name)
-from zoo.weights import default_preprocessing, eval_transforms, read_metadata
+from zoo.preprocessing import default_preprocessing, eval_transforms
+from zoo.weights import read_metadata
 
 from conftest import REPO
 

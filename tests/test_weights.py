@@ -26,7 +26,9 @@ import torchvision
 import torchvision.transforms.v2
 
 import zoo
+import zoo.cli
 import zoo.hub
+import zoo.preprocessing
 import zoo.weights
 from zoo.data import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, load_cifar
 from zoo.weights import WeightsError
@@ -282,7 +284,7 @@ def test_pretrained_is_the_first_entry_and_warns_once(bn_ckpt, cifar, manifest, 
     _register(second, tmp_path, "second", default=True, ship=True)
     entries = zoo.weights.load_manifest()["weights"]
     assert [(e["tag"], e["default"]) for e in entries] == [("first", False), ("second", True)]
-    monkeypatch.setattr(zoo.weights, "_PRETRAINED_SAID", set())
+    monkeypatch.setattr(zoo.weights.api, "PRETRAINED_WARNED", set())
 
     with pytest.warns(UserWarning, match="resnet20_bn.first"):
         model = zoo.create_model("resnet20_bn", pretrained=True)
@@ -408,7 +410,7 @@ def test_truncated_and_missing_files(bn_ckpt, tmp_path):
 def test_package_manifest_is_valid(monkeypatch):
     monkeypatch.delenv("NORMZOO_MANIFEST", raising=False)
     assert zoo.weights.manifest_path() == zoo.weights.MANIFEST_PATH
-    assert zoo.weights.MANIFEST_PATH.parent == Path(zoo.weights.__file__).resolve().parent
+    assert zoo.weights.MANIFEST_PATH.parent == Path(zoo.__file__).resolve().parent  # zoo's package data
     raw = json.loads(zoo.weights.MANIFEST_PATH.read_text())
     assert zoo.weights.validate_manifest(raw) == []
     assert zoo.weights.load_manifest() == raw
@@ -418,6 +420,21 @@ def test_package_manifest_is_valid(monkeypatch):
             path = zoo.weights.MANIFEST_PATH.parent / e["shipped"]
             assert zoo.weights.sha256sum(path) == e["sha256"], e["name"]
             assert path.stat().st_size == e["size_bytes"], e["name"]
+
+
+def test_manifest_entries_round_trip_through_the_dataclass(tmp_path):
+    """ManifestEntry's fields are the schema: every shipped entry types and comes back as it
+    was, and the manifest written from the typed entries has the same bytes."""
+    raw = json.loads(zoo.weights.MANIFEST_PATH.read_text())
+    typed = [zoo.weights.ManifestEntry.from_dict(e) for e in raw["weights"]]
+    assert [list(t.to_dict()) for t in typed] == [list(zoo.weights.ENTRY_KEYS)] * len(typed)
+    assert [t.to_dict() for t in typed] == raw["weights"]
+    path = zoo.weights.write_manifest({"schema_version": 1, "weights": [t.to_dict() for t in typed]},
+                                      tmp_path / "weights_manifest.json")
+    assert path.read_bytes() == zoo.weights.MANIFEST_PATH.read_bytes()
+    with pytest.raises(WeightsError, match="missing key license"):
+        zoo.weights.ManifestEntry.from_dict({k: v for k, v in raw["weights"][0].items()
+                                             if k != "license"})
 
 
 def test_validate_manifest_rejects_bad_entries(bn_ckpt, manifest):
@@ -555,7 +572,7 @@ def test_imagenet_style_transforms():
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    pre = zoo.weights.default_preprocessing(zoo.create_model("resnet18_bn"))
+    pre = zoo.preprocessing.default_preprocessing(zoo.create_model("resnet18_bn"))
     assert (pre["resize"], pre["crop"], pre["input_size"]) == (256, 224, [3, 224, 224])
     torch.manual_seed(0)
     image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
@@ -567,7 +584,19 @@ def test_imagenet_style_transforms():
     ref = (ref - torch.tensor(pre["mean"]).view(3, 1, 1)) / torch.tensor(pre["std"]).view(3, 1, 1)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     tall = torch.randint(0, 256, (2, 3, 500, 240), dtype=torch.uint8)
-    assert zoo.weights.eval_transforms(pre)(tall).shape == (2, 3, 224, 224)
+    assert zoo.preprocessing.eval_transforms(pre)(tall).shape == (2, 3, 224, 224)
+
+
+@pytest.mark.parametrize("name, module", [
+    ("eval_transforms", zoo.preprocessing), ("default_preprocessing", zoo.preprocessing),
+    ("new_head", zoo.models), ("head_keys", zoo.models), ("git_commit", zoo.cli)])
+def test_moved_helpers_keep_their_old_path_for_a_release(name, module):
+    with pytest.warns(DeprecationWarning, match=f"zoo.weights.{name} moved to {module.__name__}.{name}"):
+        assert getattr(zoo.weights, name) is getattr(module, name)
+    with pytest.warns(DeprecationWarning):
+        exec(f"from zoo.weights import {name}", {})
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        zoo.weights.no_such_name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,8 +645,9 @@ def test_wheel_ships_the_manifest_and_checkpoints(bn_ckpt, tmp_path):
     (wheel,) = out.glob("normzoo-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        assert {"zoo/weights_manifest.json", "zoo/weights.py", "zoo/hub.py", "zoo/registry.py",
+        assert {"zoo/weights_manifest.json", "zoo/hub.py", "zoo/registry.py",
                 "zoo/pretrained/resnet20_bn.test.safetensors"} <= names
+        assert {f"zoo/weights/{p.name}" for p in (REPO / "zoo" / "weights").glob("*.py")} <= names
         info = zf.getinfo("zoo/weights_manifest.json")
         mode = info.external_attr >> 16
         assert mode == 0 or stat.S_ISREG(mode), oct(mode)  # a regular file, not a link

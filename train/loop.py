@@ -33,8 +33,10 @@ import zoo
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate, rank_and_world, split_name
 from zoo.progress import progress_bar
-from zoo.weights import (WeightsError, default_preprocessing, eval_transforms, git_commit,
-                         new_head, sha256sum)
+from zoo.cli import git_commit
+from zoo.models import new_head
+from zoo.preprocessing import default_preprocessing, eval_transforms
+from zoo.weights import WeightsError, sha256sum
 
 from .data import CifarTrainBatches, imagenet_train_loader
 from .recipes import RECIPES, Recipe, for_model, get_recipe, override

@@ -21,6 +21,7 @@ import torch
 import zoo
 import zoo.weights
 from zoo.data import load_cifar
+from zoo.preprocessing import default_preprocessing, eval_transforms
 
 DEFAULT_DATA = Path(os.environ.get(
     "NORMZOO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "cifar10"
@@ -82,8 +83,7 @@ def main(argv=None) -> int:
         print(f"       from {source[-1]}")
     print(f"data:  {args.data}, test split, {len(images)} images, {len(data.classes)} classes")
     # The weights' own evaluation preprocessing (the usual CIFAR one for an untrained model).
-    preprocess = zoo.weights.eval_transforms(
-        cfg.get("preprocessing") or zoo.weights.default_preprocessing(model))
+    preprocess = eval_transforms(cfg.get("preprocessing") or default_preprocessing(model))
 
     predictions = []
     start = time.perf_counter()

@@ -26,9 +26,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from .cli import git_commit
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .registry import create_model, get_arch, list_archs, list_models, parse_model_name
-from .weights import WeightsError, _few, git_commit, save_checkpoint, sha256sum
+from .weights import WeightsError, save_checkpoint, sha256sum, short_list
 
 __all__ = ["ConvertError", "SOURCES", "convert", "read_state_dict", "map_ilm_authors",
            "map_torchvision", "map_cifar_reproduction"]
@@ -76,7 +77,7 @@ def read_state_dict(path: Union[str, Path]) -> tuple[StateDict, dict[str, str]]:
     not_tensors = [str(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ConvertError(f"{path}: the state_dict holds entries that are not tensors: "
-                           f"{_few(not_tensors)}")
+                           f"{short_list(not_tensors)}")
     return {k.removeprefix("module."): v for k, v in loaded.items()}, dropped
 
 
@@ -266,7 +267,7 @@ def _fit(model: torch.nn.Module, mapped: StateDict, source: Source, where: str) 
     if missing or unexpected or wrong_shape:
         raise ConvertError(
             f"{where} does not fit {model.config['name']} in the {source.name} layout: "
-            + "; ".join(f"{what} {_few(keys, 8)}" for what, keys in (
+            + "; ".join(f"{what} {short_list(keys, 8)}" for what, keys in (
                 ("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
                 if keys))
     return [k for k in absent if k.endswith(".num_batches_tracked")]
@@ -310,10 +311,10 @@ def convert(source: str, src_path: Union[str, Path], out_path: Union[str, Path],
         for key, reason in dropped.items():
             reasons.setdefault(reason, []).append(key)
         for reason, keys in reasons.items():
-            report(f"  dropped {len(keys)}, {reason}: {_few(keys, 4)}")
+            report(f"  dropped {len(keys)}, {reason}: {short_list(keys, 4)}")
         if unset:
             report(f"  {len(unset)} num_batches_tracked absent from the source, left 0 (BatchNorm "
-                   f"reads it only with momentum=None): {_few(unset, 4)}")
+                   f"reads it only with momentum=None): {short_list(unset, 4)}")
         report(f"load it with zoo.create_model({model_name!r}, weights={str(out)!r})")
     return out
 

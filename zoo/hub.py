@@ -32,9 +32,9 @@ try:  # huggingface_hub >= 1.0 passes its HTTP client's connection errors throug
 except ImportError:  # before 1.0 they were requests' errors, which are OSErrors
     _ClientError = OSError
 
-from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, Weights, WeightsError,
-                      get_weight, load_manifest, manifest_path, read_metadata, sha256sum,
-                      write_manifest)
+from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, ManifestEntry,
+                      Weights, WeightsError, get_weight, load_manifest, manifest_path,
+                      read_metadata, sha256sum, write_manifest)
 
 DEFAULT_ORG = "normzoo"
 GITHUB_REPO = "org/normzoo"
@@ -88,34 +88,34 @@ def make_entry(path: Union[str, Path], *, hub_repo_id: Optional[str] = None,
     model = _loaded_model(path)
     sha = sha256sum(path)
     republished = previous is not None and previous["sha256"] == sha
-    return {
-        "name": meta["name"],
-        "model": meta["model"],
-        "architecture": meta["architecture"],
-        "norm": meta["norm"],
-        "tag": meta["tag"],
-        "norm_kwargs": meta["norm_kwargs"],
-        "model_kwargs": meta["model_kwargs"],
-        "dataset": meta["dataset"],
-        "num_classes": meta["num_classes"],
-        "categories": meta["categories"],
-        "hub_repo_id": hub_repo_id or (previous or {}).get("hub_repo_id") or f"{DEFAULT_ORG}/{meta['name']}",
-        "filename": HUB_FILENAME,
-        "revision": previous["revision"] if republished else UNPUBLISHED,
-        "mirror_url": mirror_url or (previous or {}).get("mirror_url"),
-        "shipped": None,
-        "sha256": sha,
-        "size_bytes": path.stat().st_size,
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "gmacs": count_gmacs(model, meta["preprocessing"]["input_size"]),
-        "preprocessing": meta["preprocessing"],
-        "metrics": {k: meta["metrics"][k] for k in METRICS_KEYS} if has_metrics else {},
-        "recipe": {k: meta.get("recipe", {}).get(k) for k in RECIPE_KEYS},
-        "license": LICENSE,
-        "paper": get_norm(meta["norm"]).paper,
-        "default": False,
-        "notes": (previous or {}).get("notes") if republished else None,
-    }
+    return ManifestEntry(
+        name=meta["name"],
+        model=meta["model"],
+        architecture=meta["architecture"],
+        norm=meta["norm"],
+        tag=meta["tag"],
+        norm_kwargs=meta["norm_kwargs"],
+        model_kwargs=meta["model_kwargs"],
+        dataset=meta["dataset"],
+        num_classes=meta["num_classes"],
+        categories=meta["categories"],
+        hub_repo_id=hub_repo_id or (previous or {}).get("hub_repo_id") or f"{DEFAULT_ORG}/{meta['name']}",
+        filename=HUB_FILENAME,
+        revision=previous["revision"] if republished else UNPUBLISHED,
+        mirror_url=mirror_url or (previous or {}).get("mirror_url"),
+        shipped=None,
+        sha256=sha,
+        size_bytes=path.stat().st_size,
+        num_params=sum(p.numel() for p in model.parameters()),
+        gmacs=count_gmacs(model, meta["preprocessing"]["input_size"]),
+        preprocessing=meta["preprocessing"],
+        metrics={k: meta["metrics"][k] for k in METRICS_KEYS} if has_metrics else {},
+        recipe={k: meta.get("recipe", {}).get(k) for k in RECIPE_KEYS},
+        license=LICENSE,
+        paper=get_norm(meta["norm"]).paper,
+        default=False,
+        notes=(previous or {}).get("notes") if republished else None,
+    ).to_dict()
 
 
 def local_weights(path: Union[str, Path], *, measured: bool = True) -> Weights:
@@ -265,7 +265,7 @@ preprocess = zoo.get_weight("{e['name']}").transforms()  # PIL image or uint8 te
         usage = f"""# pip install git+https://github.com/{GITHUB_REPO}
 import zoo
 model = zoo.create_model("{e['model']}", weights="{hub_ref}").eval()
-preprocess = zoo.weights.eval_transforms(model.config["preprocessing"])  # PIL/uint8 -> input"""
+preprocess = zoo.preprocessing.eval_transforms(model.config["preprocessing"])  # PIL/uint8 -> input"""
     body = f"""
 # {e['name']}
 
@@ -347,7 +347,7 @@ def push_to_hub(model_or_checkpoint: Union[nn.Module, str, Path], repo_id: str, 
     (into ``out``, else a temporary folder) without uploading. Returns ``{"folder",
     "repo_id", "revision"}`` as :func:`publish` does; the manifest is not touched.
     """
-    from .weights import _checkpoint_file, save_checkpoint
+    from .weights import checkpoint_file, save_checkpoint
 
     repo_id = _checked_repo_id(repo_id)
     token = None if dry_run else _token()
@@ -357,7 +357,7 @@ def push_to_hub(model_or_checkpoint: Union[nn.Module, str, Path], repo_id: str, 
             path = save_checkpoint(model_or_checkpoint, scratch / "checkpoint" / HUB_FILENAME,
                                    tag=tag)
         else:
-            path = _checkpoint_file(model_or_checkpoint)
+            path = checkpoint_file(model_or_checkpoint)
         w = local_weights(path, measured=False)
         w.entry["hub_repo_id"] = repo_id
         folder = build_folder(w, Path(out) if out is not None else scratch / "hub",

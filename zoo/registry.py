@@ -17,7 +17,7 @@ from torch import nn
 from .models._common import FeatureMaps, check_num_classes
 from .norms import NormSpec, get_norm, list_norms
 from .weights import (Weights, WeightsError, load_weights, read_metadata, resolve_weights,
-                      weights_of)
+                      set_model_name_parser, weights_of)
 
 __all__ = [
     "ArchSpec", "register_arch", "get_arch", "list_archs", "list_models",
@@ -91,6 +91,9 @@ def parse_model_name(name: str) -> tuple[str, str]:
         f"Model names are {{arch}}_{{norm}}; see zoo.list_models(), zoo.list_archs() "
         f"and zoo.list_norms()."
     )
+
+
+set_model_name_parser(parse_model_name)  # the manifest checks entries' model names by this rule
 
 
 def create_model(

@@ -1,13 +1,16 @@
 """What every architecture shares: the input check, the last steps of init, timm's feature
-and head contract, and gradient checkpointing."""
+and head contract, a fresh head for fine-tuning, and gradient checkpointing."""
 
 import contextlib
+import logging
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..norms import NormSpec
+
+_log = logging.getLogger("zoo")
 
 
 def check_input(x: torch.Tensor, min_size: int, model: str) -> torch.Tensor:
@@ -133,6 +136,22 @@ def check_num_classes(num_classes) -> None:
         raise ValueError(f"num_classes must be a non-negative integer (0: no classifier, the "
                          f"model returns pooled features), got {num_classes!r}")
 
+
+
+def new_head(model: nn.Module, num_classes: int) -> list[str]:
+    """Give a loaded model a freshly initialised ``num_classes`` head (classifier and logits
+    norm) for fine-tuning; returns and logs the re-initialised keys."""
+    model.reset_classifier(num_classes)  # model.config follows
+    reinitialized = head_keys(model)
+    _log.warning("%s: loaded %s with a new %d-class head; re-initialised %s",
+                 model.config["name"], model.config.get("weights"), num_classes, ", ".join(reinitialized))
+    return reinitialized
+
+
+def head_keys(model: nn.Module) -> list[str]:
+    """The state_dict keys of the model's head (classifier and logits norm, ``head_names``)."""
+    heads = model.head_names()
+    return sorted(k for k in model.state_dict() if any(k.startswith(f"{n}.") for n in heads))
 
 class FeatureMaps(nn.Module):
     """``create_model(..., features_only=True)``: the model cut after its last chosen stage,
