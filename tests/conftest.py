@@ -6,6 +6,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist each worker gets its share of the cores, and so do the processes its
+# tests start (OMP_NUM_THREADS): more threads than cores make every test slower.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _SHARE = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_SHARE)
+    os.environ["OMP_NUM_THREADS"] = str(_SHARE)
+
 
 def pytest_addoption(parser):
     parser.addoption("--regen-golden", action="store_true",

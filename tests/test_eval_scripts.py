@@ -13,6 +13,9 @@ sys.path.insert(0, str(REPO / "eval"))
 import benchmark  # noqa: E402
 from zoo import report  # noqa: E402
 
+# One xdist worker runs this module, so the tiny benchmark runs once.
+pytestmark = pytest.mark.xdist_group("tiny_benchmark")
+
 
 # The methods the tiny run takes (each costs fresh processes): the baseline, mimic (the step
 # suite's targets), and a fused method of each memory format (ilm contiguous, linfbn
