@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from zoo.cli import one_line, rank
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate, rank_and_world, split_name
 from zoo.progress import progress_bar
@@ -101,12 +102,8 @@ def parse_args(argv=None):
     return args
 
 
-def _rank() -> int:
-    return rank_and_world()[0]
-
-
 def _say(text: str) -> None:
-    if _rank() == 0:
+    if rank() == 0:
         print(text, flush=True)
 
 
@@ -254,7 +251,7 @@ class Run:
             self.start_weights = None
             return zoo.create_model(args.model, num_classes=num_classes,
                                     **({"zero_init_residual": True} if self.recipe.zero_init_residual else {}))
-        model = zoo.create_model(args.model, weights=start, progress=_rank() == 0)
+        model = zoo.create_model(args.model, weights=start, progress=rank() == 0)
         # the weights themselves, not the path given: a moved checkpoint still resumes
         self.start_weights = (model.config["weights"] if args.weights
                               else f"sha256 {sha256sum(model.config['weights'])[:16]}")
@@ -322,7 +319,7 @@ class Run:
                 "must_match": self.must_match}
 
     def save(self) -> None:
-        if _rank() != 0:
+        if rank() != 0:
             return
         tmp = self.out / ".checkpoint.pt.tmp"
         torch.save(self.state(), tmp)
@@ -408,7 +405,7 @@ class Run:
                    "first checkpoint)") + f". It has {', '.join(found)}")
         if torch.distributed.is_initialized():
             torch.distributed.barrier()  # every rank has looked before rank 0 writes
-        if _rank() == 0 and not self.args.resume:
+        if rank() == 0 and not self.args.resume:
             # created now, exclusively: a new run appends only to its own log
             (self.out / "log.jsonl").touch(exist_ok=False)
 
@@ -429,7 +426,7 @@ class Run:
         start = tick = time.perf_counter()
         self.step_seconds = []  # per step, data included: eval/benchmark.py's train suite
         bar = progress_bar(self.steps_per_epoch, f"epoch {self.epoch + 1}", unit="step",
-                           initial=self.step, enabled=_rank() == 0)
+                           initial=self.step, enabled=rank() == 0)
         for x, y in self.epoch_batches(self.epoch, self.step):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.autocast():
@@ -468,7 +465,7 @@ class Run:
             return {}
         images, labels = self.val
         transform = eval_transforms(default_preprocessing(self.model))
-        with progress_bar(len(labels), "validation", enabled=_rank() == 0) as bar:
+        with progress_bar(len(labels), "validation", enabled=rank() == 0) as bar:
             result = evaluate(self.model, cifar_batches(images, labels, transform, 500),
                               device=self.device, amp=self.recipe.amp,
                               channels_last=self.args.channels_last, progress=bar.update)
@@ -479,7 +476,7 @@ class Run:
         if self.args.resume:
             self.load()
             _say(f"resumed {self.out / 'checkpoint.pt'} at epoch {self.epoch + 1}, step {self.step}")
-        if _rank() == 0:
+        if rank() == 0:
             record = {"recipe": dataclasses.asdict(self.recipe), "adjustments": self.adjustments,
                       "model": self.args.model,
                       "command": command_line(getattr(self.args, "argv", None)),
@@ -508,7 +505,7 @@ class Run:
                    **self.validate()}
             self.epoch, self.step = self.epoch + 1, 0
             self.save()
-            if _rank() == 0:
+            if rank() == 0:
                 with open(self.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
             _say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
@@ -527,7 +524,7 @@ class Run:
         if self.dataset.startswith("cifar"):
             test = load_cifar(args.test_data or args.data, "test")
             transform = eval_transforms(default_preprocessing(self.model))
-            with progress_bar(len(test.labels), "test", enabled=_rank() == 0) as bar:
+            with progress_bar(len(test.labels), "test", enabled=rank() == 0) as bar:
                 result = evaluate(self.model, cifar_batches(test.images, test.labels, transform,
                                                             500),
                                   device=self.device, progress=bar.update)
@@ -535,7 +532,7 @@ class Run:
                        "split": split_name(self.dataset, result.num_images),
                        "num_images": result.num_images}
             _say(f"test: top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}% on {metrics['split']}")
-        if _rank() != 0:
+        if rank() != 0:
             return metrics
         self.plot()
         recipe_json = json.loads((self.out / "recipe.json").read_text())
@@ -594,7 +591,7 @@ def run_summary(out: Path, recipe: Recipe) -> dict:
 
 def _cannot_resume(path: Path, problem) -> str:
     if isinstance(problem, Exception):  # its first sentence: torch's go on about other things
-        first = " ".join(str(problem).split()).split(". ")[0][:200]
+        first = one_line(problem).split(". ")[0][:200]
         problem = f"{type(problem).__name__}: {first}" if first else type(problem).__name__
     return (f"cannot resume from {path}: it is truncated, corrupt or not this run's checkpoint "
             f"({problem}); start the run again with another --out")
