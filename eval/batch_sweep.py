@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 COLUMNS = ("method", "batch_size", "seed", "val_top1", "val_top1_se", "val_top1_batch_stats",
            "val_top1_batch_stats_se", "batch_stats_images", "train_loss", "img_per_s", "epochs",

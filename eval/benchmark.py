@@ -49,14 +49,12 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
-import zoo  # noqa: E402
-from original_style import OriginalILMGroupNorm, OriginalTopKBatchNorm2d  # noqa: E402
-from zoo.cli import machine  # noqa: E402
-from zoo.norms.common import group_count  # noqa: E402
+import zoo
+from original_style import OriginalILMGroupNorm, OriginalTopKBatchNorm2d  # a sibling in eval/
+from zoo.cli import machine
+from zoo.norms.common import group_count
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results"
 IMAGENET_SAMPLE = ROOT.parent / "shared" / "data" / "imagenet" / "train-sample"
 CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"

@@ -21,14 +21,12 @@ from pathlib import Path
 import torch
 from torchvision.transforms import InterpolationMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import zoo  # noqa: E402
-from zoo import cli  # noqa: E402
-from zoo.data import load_cifar  # noqa: E402
-from zoo.evaluate import (ImageNetVal, cifar_batches, evaluate, imagenet_loader,  # noqa: E402
-                          split_name)
-from zoo.progress import progress_bar  # noqa: E402
-from zoo.weights import WeightsError, default_preprocessing, eval_transforms, read_metadata  # noqa: E402
+import zoo
+from zoo import cli
+from zoo.data import load_cifar
+from zoo.evaluate import ImageNetVal, cifar_batches, evaluate, imagenet_loader, split_name
+from zoo.progress import progress_bar
+from zoo.weights import WeightsError, default_preprocessing, eval_transforms, read_metadata
 
 COLUMNS = ("model", "weights", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size",
            "crop_pct", "interpolation", "images", "img_per_sec", "split", "recorded_top1",

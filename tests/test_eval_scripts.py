@@ -7,10 +7,8 @@ import sys
 import pytest
 import torch
 
+import benchmark  # eval/benchmark.py (pyproject's pythonpath)
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "eval"))
-import benchmark  # noqa: E402
 
 
 # The methods the tiny run takes (each costs fresh processes): the baseline, mimic (the step

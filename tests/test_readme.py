@@ -29,8 +29,7 @@ def test_readme_shows_the_test_command_ci_runs():
 # files and the Hub they point at (the loopback stand-in, which push_to_hub's uploads reach).
 BLOCK_PRELUDE = """
 import os, sys, tempfile
-sys.path.insert(0, {tests!r})
-from hub_server import FakeHub
+from hub_server import FakeHub  # tests/ is on PYTHONPATH
 hub = FakeHub().start()
 os.environ.update(HF_ENDPOINT=hub.url, HF_HOME=tempfile.mkdtemp(), HF_HUB_DISABLE_TELEMETRY="1",
                   HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost")
@@ -65,8 +64,9 @@ def test_readme_python_blocks_run(section, tmp_path):
     ilm = zoo.get_weight("resnet20_ilm.cifar10").fetch(progress=False)
     code = "\n".join(blocks).replace("path/to/normzoo", str(REPO)).replace(
         "path/to/model.safetensors", str(ilm))
-    prelude = BLOCK_PRELUDE.format(tests=str(REPO / "tests"), ilm=str(ilm))
+    prelude = BLOCK_PRELUDE.format(ilm=str(ilm))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "NORMZOO_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, "-c", prelude + code], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import zoo  # noqa: E402
+import zoo
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
