@@ -26,7 +26,6 @@ import csv
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -37,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 COLUMNS = ("method", "batch_size", "seed", "val_top1", "val_top1_se", "val_top1_batch_stats",
            "val_top1_batch_stats_se", "batch_stats_images", "train_loss", "img_per_s", "epochs",
@@ -47,20 +45,23 @@ BATCH_SIZES = (2, 4, 8, 16, 32, 128)
 
 
 def parser() -> argparse.ArgumentParser:
+    from zoo.cli import positive_int
+
+    positive = positive_int("must be at least 1, not {value}", digits_only=False)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="CIFAR-10 folder (python layout)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), help="norm names (resnet20_<norm>)")
-    p.add_argument("--batch-sizes", nargs="+", type=_positive, default=list(BATCH_SIZES))
+    p.add_argument("--batch-sizes", nargs="+", type=positive, default=list(BATCH_SIZES))
     p.add_argument("--recipe", default="cifar10_cpu", help="the trainer recipe every cell starts from")
-    p.add_argument("--train-images", type=_positive, default=25_600,
+    p.add_argument("--train-images", type=positive, default=25_600,
                    help="the fixed training subset: the first N training images (a multiple of "
                         "every batch size, so every cell sees the same images)")
-    p.add_argument("--epochs", type=_positive, default=1, help="passes over the subset")
+    p.add_argument("--epochs", type=positive, default=1, help="passes over the subset")
     p.add_argument("--warmup-fraction", type=float,
                    help="linear warm-up as a fraction of each cell (default: the recipe's)")
-    p.add_argument("--end-seeds", type=_positive, default=2,
+    p.add_argument("--end-seeds", type=positive, default=2,
                    help="seeds at the smallest and largest batch size (the others: seed 0)")
-    p.add_argument("--jobs", type=_positive, default=os.cpu_count() or 1,
+    p.add_argument("--jobs", type=positive, default=os.cpu_count() or 1,
                    help="cells trained at once, each on cpu_count / jobs threads")
     p.add_argument("--runs", default=str(ROOT.parent / "runs" / "batch-sweep"),
                    help="folder of the cells' run folders")
@@ -68,13 +69,6 @@ def parser() -> argparse.ArgumentParser:
                    help="where batch-sweep.csv/.json/.png go")
     p.add_argument("--score-cell", help=argparse.SUPPRESS)  # internal: one cell's batch-stat score
     return p
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def cells(args) -> list[tuple[str, int, int]]:
@@ -238,21 +232,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     import zoo
     from train.recipes import get_recipe
-    from zoo.cli import git_commit
+    from zoo.cli import cpu_name, git_commit
 
     try:
         recipe = get_recipe(args.recipe)
@@ -316,7 +302,7 @@ def main(argv=None) -> int:
     settings_path = results / "batch-sweep.json"
     settings = {
         "command": "python eval/batch_sweep.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "commit": git_commit(), "machine": f"{machine()}, {os.cpu_count()} cores",
+        "commit": git_commit(), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "jobs": args.jobs, "threads_per_cell": threads, "recipe": recipe.name,
         "train_images": args.train_images, "val_images": recipe.val_images,
         "epochs": args.epochs, "warmup_fraction": args.warmup_fraction,

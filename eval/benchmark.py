@@ -39,25 +39,23 @@ import argparse
 import csv
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "eval"))
-import zoo  # noqa: E402
-from zoo.reference import OriginalILMGroupNorm, OriginalTopKBatchNorm2d  # noqa: E402
-from zoo.norms.common import group_count  # noqa: E402
+import zoo
+from zoo.cli import machine
+from zoo.reference import OriginalILMGroupNorm, OriginalTopKBatchNorm2d
+from zoo.norms.common import group_count
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results"
 IMAGENET_SAMPLE = ROOT.parent / "shared" / "data" / "imagenet" / "train-sample"
 CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
@@ -521,21 +519,6 @@ def suite_pipeline(args, device, clock) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # Output
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return f"{model}, {threads} thread{'s' if threads > 1 else ''}"
-
 
 def _progress(r: dict) -> None:
     ratio = f"  {r['ratio']}x {r['baseline']}" if r["ratio"] != "" else ""

@@ -13,12 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import validate  # noqa: E402  (puts the repo on sys.path)
-from zoo.data import load_cifar  # noqa: E402
-from zoo.evaluate import ImageNetVal  # noqa: E402
-from zoo.hub import check_files  # noqa: E402
-from zoo.weights import WeightsError, load_manifest  # noqa: E402
+import validate  # a sibling in eval/, on sys.path when this runs as a script
+from zoo.data import load_cifar
+from zoo.evaluate import ImageNetVal
+from zoo.hub import check_files
+from zoo.weights import WeightsError, load_manifest
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 

@@ -1,10 +1,8 @@
 """Validate NormZoo checkpoints on CIFAR-10/100: `python eval/cifar_val.py --help` (see validate.py)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from validate import main  # noqa: E402
+from validate import main  # this folder is on sys.path when run as python eval/cifar_val.py
 
 if __name__ == "__main__":
     sys.exit(main(dataset="cifar"))

@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 from torchvision.transforms import InterpolationMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import zoo  # noqa: E402
-from zoo.data import load_cifar  # noqa: E402
-from zoo.evaluate import (ImageNetVal, cifar_batches, evaluate, imagenet_loader,  # noqa: E402
-                          rank_and_world, split_name)
-from zoo.progress import progress_bar  # noqa: E402
-from zoo.preprocessing import default_preprocessing, eval_transforms  # noqa: E402
-from zoo.weights import WeightsError, read_metadata  # noqa: E402
+import zoo
+from zoo import cli
+from zoo.data import load_cifar
+from zoo.evaluate import ImageNetVal, cifar_batches, evaluate, imagenet_loader, split_name
+from zoo.progress import progress_bar
+from zoo.preprocessing import default_preprocessing, eval_transforms
+from zoo.weights import WeightsError, read_metadata
 
 COLUMNS = ("model", "weights", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size",
            "crop_pct", "interpolation", "images", "img_per_sec", "split", "recorded_top1",
@@ -48,8 +47,9 @@ def parse_args(argv, dataset: str):
         p.add_argument("--ground-truth", help="for a flat folder: lines 'ILSVRC2012_val_00000001.JPEG 65'")
         p.add_argument("--strict", action="store_true", help="an unreadable image is fatal")
         p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("-b", "--batch-size", type=_positive, default=256 if dataset == "cifar" else 64)
-    p.add_argument("--limit", type=_positive, help="evaluate only the first N images")
+    positive = cli.positive_int("must be a positive number of images, got {text}")
+    p.add_argument("-b", "--batch-size", type=positive, default=256 if dataset == "cifar" else 64)
+    p.add_argument("--limit", type=positive, help="evaluate only the first N images")
     p.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="memory format (default: the norm's measured preference, "
@@ -67,12 +67,6 @@ def parse_args(argv, dataset: str):
     p.add_argument("--results-format", choices=("csv", "json"), default="csv")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    if not text.isdecimal() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of images, got {text}")
-    return int(text)
 
 
 def _device(text: str) -> str:
@@ -167,7 +161,7 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
     if model.config["num_classes"] != num_classes:
         raise ValueError(f"{name} with {model.config['weights']} has {model.config['num_classes']} "
                          f"classes but the data in {args.data} has {num_classes}")
-    with progress_bar(total, name, enabled=not args.no_progress and _rank() == 0) as bar:
+    with progress_bar(total, name, enabled=not args.no_progress and cli.rank() == 0) as bar:
         result = evaluate(model, batches, device=args.device, amp=args.amp,
                           channels_last=(zoo.prefers_channels_last(model, training=False)
                                          if args.channels_last is None else args.channels_last),
@@ -197,10 +191,6 @@ def run_one(name, weights, args, dataset, cifar, say) -> dict:
     return row
 
 
-def _rank() -> int:
-    return rank_and_world()[0]
-
-
 def main(argv=None, dataset: str = "imagenet") -> int:
     args = parse_args(argv, dataset)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
@@ -209,7 +199,7 @@ def main(argv=None, dataset: str = "imagenet") -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
-    rank = _rank()  # kept: the process group is destroyed before the table is printed
+    rank = cli.rank()  # kept: the process group is destroyed before the table is printed
 
     def say(text: str, err: bool = False) -> None:
         # Errors from any rank: a rank that fails alone must say why (torchrun then stops the rest).

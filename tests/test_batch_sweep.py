@@ -6,15 +6,14 @@ accuracy is asserted."""
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import batch_sweep  # eval/batch_sweep.py (pyproject's pythonpath)
+from zoo import report
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "eval"))
-import batch_sweep  # noqa: E402
-from zoo import report  # noqa: E402
 
 
 def sweep_args(data_root, tmp_path, *extra):

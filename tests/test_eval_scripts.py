@@ -1,17 +1,15 @@
 import csv
 import json
-import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import benchmark  # eval/benchmark.py (pyproject's pythonpath)
+from zoo import report
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "eval"))
-import benchmark  # noqa: E402
-from zoo import report  # noqa: E402
 
 # One xdist worker runs this module, so the tiny benchmark runs once.
 pytestmark = pytest.mark.xdist_group("tiny_benchmark")

@@ -23,9 +23,7 @@ from safetensors.torch import save_file
 import zoo
 import zoo.hub
 from zoo.weights import WeightsError, load_manifest, write_manifest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import FakeHub  # noqa: E402
+from hub_server import FakeHub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "resnet20_gn"

@@ -6,7 +6,6 @@ statistics, ILM encoders and MimicNorm's logits norm hold trained values, are sa
 (``NORMZOO_MANIFEST``); the package's own manifest is only read.
 """
 
-import enum
 import json
 import logging
 import os

@@ -20,6 +20,7 @@ import torch
 
 import zoo
 import zoo.weights
+from zoo.cli import positive_int
 from zoo.data import load_cifar
 from zoo.preprocessing import default_preprocessing, eval_transforms
 
@@ -33,9 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="resnet20_bn", help="a CIFAR model name (default: %(default)s)")
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="folder with cifar-10-batches-py/ (default: %(default)s)")
-    parser.add_argument("--limit", type=_positive, default=1000,
+    parser.add_argument("--limit", type=positive_int(), default=1000,
                         help="images to classify (default: %(default)s)")
-    parser.add_argument("-b", "--batch-size", type=_positive, default=250)
+    parser.add_argument("-b", "--batch-size", type=positive_int(), default=250)
     parser.add_argument("--weights", default="DEFAULT",
                         help="'DEFAULT', a tag, a local .safetensors file, or 'none' for an "
                              "untrained model (default: %(default)s, untrained if none are published)")
@@ -125,12 +126,6 @@ def _weights_source():
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
-
-
-def _positive(text: str) -> int:
-    if not text.isdecimal() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return int(text)
 
 
 def _trained_on(weights: str) -> Optional[str]:

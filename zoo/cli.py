@@ -1,9 +1,73 @@
-"""Helpers shared by NormZoo's command-line tools."""
+"""Helpers shared by NormZoo's command-line tools: argparse types, the machine a run measured
+on, this process's rank, an exception's message as one line, and the commit the code is at."""
 
 from __future__ import annotations
 
+import argparse
+import platform
 import subprocess
 from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .evaluate import rank_and_world
+
+__all__ = ["positive_int", "cpu_name", "machine", "rank", "first_line", "one_line", "git_commit"]
+
+
+def positive_int(message: str = "must be a positive whole number, got {text!r}", *,
+                 digits_only: bool = True) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least 1. Anything else is refused with
+    ``message``, formatted with ``text`` (the argument as given) and, for a number below 1,
+    ``value``. With ``digits_only=False`` the text is read by ``int()`` (signs and spaces
+    allowed), and text that is no number gets argparse's own "invalid _positive value"."""
+    def _positive(text: str) -> int:
+        if digits_only and not text.isdecimal():
+            raise argparse.ArgumentTypeError(message.format(text=text))
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(message.format(text=text, value=value))
+        return value
+
+    return _positive
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> str:
+    """What a measurement on ``device`` ran on: the GPU's name, or the CPU's with torch's
+    thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"{cpu_name()}, {threads} thread{'s' if threads > 1 else ''}"
+
+
+def rank() -> int:
+    """This process's rank under ``torch.distributed``; 0 when not distributed."""
+    return rank_and_world()[0]
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, blank lines and spaces around it removed ('' for
+    an empty message)."""
+    return (str(e).strip().splitlines() or [""])[0]
+
+
+def one_line(e: BaseException, limit: Optional[int] = None) -> str:
+    """``e``'s whole message on one line (every run of spaces and newlines one space), cut
+    at ``limit`` characters."""
+    return " ".join(str(e).split())[:limit]
 
 
 def git_commit() -> str:

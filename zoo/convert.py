@@ -26,7 +26,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .cli import git_commit
+from .cli import git_commit, one_line
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .registry import create_model, get_arch, list_archs, list_models, parse_model_name
 from .weights import WeightsError, save_checkpoint, sha256sum, short_list
@@ -98,7 +98,7 @@ def _torch_load(path: Path):
             f"'weights.pth'), then convert that") from None
     except Exception as e:  # torch raises many types for files that are not its format
         raise ConvertError(f"{path} is not a readable PyTorch checkpoint "
-                           f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+                           f"({type(e).__name__}: {one_line(e, 200)})") from None
 
 
 def _refusal(message: str) -> str:
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     try:
         convert(args.source, args.src, args.out, model=args.model, tag=args.tag, report=print)
     except (ValueError, WeightsError, OSError) as e:  # ConvertError is a ValueError
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

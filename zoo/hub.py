@@ -32,6 +32,7 @@ try:  # huggingface_hub >= 1.0 passes its HTTP client's connection errors throug
 except ImportError:  # before 1.0 they were requests' errors, which are OSErrors
     _ClientError = OSError
 
+from .cli import first_line
 from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, ManifestEntry,
                       Weights, WeightsError, get_weight, load_manifest, manifest_path,
                       read_metadata, sha256sum, write_manifest)
@@ -399,7 +400,7 @@ def _upload(w: Weights, folder: Path, repo_id: str, token: str, private: bool = 
         api.create_tag(repo_id, tag=f"{w.tag}-{w.entry['sha256'][:8]}", revision=commit.oid,
                        repo_type="model", exist_ok=True)
     except (OSError, _ClientError) as e:  # HfHubHTTPError is both
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0].rstrip(".")
+        reason = (first_line(e) or type(e).__name__).rstrip(".")
         raise WeightsError(
             f"could not publish {w.name} to {repo_id} on {api.endpoint}: {reason}. The manifest "
             f"is unchanged; check the network, HF_ENDPOINT and that the token may write to "

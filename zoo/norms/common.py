@@ -9,6 +9,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..cli import first_line
+
 __all__ = ["group_count", "fp32_statistics", "statistics_dtype", "tracing", "channel_affine",
            "channel_sums", "fused_kernel", "like_format"]
 
@@ -129,8 +131,7 @@ def fused_kernel(math: Callable) -> Callable:
                 compiled = torch.compile(math, dynamic=False)
             return compiled(*args)
         except Exception as e:  # any compile failure: the eager kernels compute the same
-            first_line = (str(e).strip().splitlines() or [""])[0]
-            _fused_failure = f"{type(e).__name__}: {first_line}"
+            _fused_failure = f"{type(e).__name__}: {first_line(e)}"
             warnings.warn(f"NormZoo's fused norm kernels are off in this process: torch.compile "
                           f"failed ({_fused_failure}); the norms run their eager kernels (same "
                           f"formula, slower)", RuntimeWarning, stacklevel=2)
