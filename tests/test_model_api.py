@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import zoo
+import zoo.heads
 
 NORMS = zoo.list_norms()
 BATCH_NORMS = ["bn", "l1bn", "linfbn", "topkbn", "lpbn", "meanbn", "bwn"]
@@ -129,7 +130,7 @@ def test_head_contract_on_vgg_and_a_hand_swapped_classifier():
 def test_new_head_is_reset_classifier():
     model = zoo.create_model("resnet20_mimic", weights="DEFAULT", num_classes=100)
     assert model.config["num_classes"] == 100 and model.logits_norm.num_features == 100
-    assert zoo.models.head_keys(model) == ["fc.bias", "fc.weight", "logits_norm.num_batches_tracked",
+    assert zoo.heads.head_keys(model) == ["fc.bias", "fc.weight", "logits_norm.num_batches_tracked",
                                            "logits_norm.running_mean", "logits_norm.running_var"]
 
 

@@ -26,6 +26,7 @@ import torchvision.transforms.v2
 
 import zoo
 import zoo.cli
+import zoo.heads
 import zoo.hub
 import zoo.preprocessing
 import zoo.weights
@@ -588,7 +589,7 @@ def test_imagenet_style_transforms():
 
 @pytest.mark.parametrize("name, module", [
     ("eval_transforms", zoo.preprocessing), ("default_preprocessing", zoo.preprocessing),
-    ("new_head", zoo.models), ("head_keys", zoo.models), ("git_commit", zoo.cli)])
+    ("new_head", zoo.heads), ("head_keys", zoo.heads), ("git_commit", zoo.cli)])
 def test_moved_helpers_keep_their_old_path_for_a_release(name, module):
     with pytest.warns(DeprecationWarning, match=f"zoo.weights.{name} moved to {module.__name__}.{name}"):
         assert getattr(zoo.weights, name) is getattr(module, name)

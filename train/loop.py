@@ -24,7 +24,7 @@ import zoo
 from zoo.cli import git_commit, rank
 from zoo.data import load_cifar
 from zoo.evaluate import rank_and_world
-from zoo.models import new_head
+from zoo.heads import new_head
 from zoo.progress import progress_bar
 from zoo.weights import sha256sum
 

@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 from torch import nn
 
-from .models._common import FeatureMaps, check_num_classes
+from .features import FeatureMaps
+from .heads import check_num_classes
 from .norms import NormSpec, get_norm, list_norms
 from .weights import (Weights, WeightsError, load_weights, read_metadata, resolve_weights,
                       set_model_name_parser, weights_of)

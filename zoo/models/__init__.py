@@ -1,8 +1,6 @@
 """Architectures; importing this module registers them."""
 
-from ._common import head_keys, new_head
 from .resnet import BasicBlock, Bottleneck, PadShortcut, ResNet
 from .vgg import VGG, VGG_CONFIGS
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "PadShortcut", "VGG", "VGG_CONFIGS", "new_head",
-           "head_keys"]
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "PadShortcut", "VGG", "VGG_CONFIGS"]

@@ -1,13 +1,13 @@
 """What every architecture shares: the input check, the last steps of init, timm's feature
-and head contract, a fresh head for fine-tuning, and gradient checkpointing."""
+and head contract, and gradient checkpointing."""
 
 import contextlib
 import logging
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..heads import check_num_classes
 from ..norms import NormSpec
 
 _log = logging.getLogger("zoo")
@@ -131,49 +131,3 @@ class ZooNet(nn.Module):
         return module(x)
 
 
-def check_num_classes(num_classes) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be a non-negative integer (0: no classifier, the "
-                         f"model returns pooled features), got {num_classes!r}")
-
-
-
-def new_head(model: nn.Module, num_classes: int) -> list[str]:
-    """Give a loaded model a freshly initialised ``num_classes`` head (classifier and logits
-    norm) for fine-tuning; returns and logs the re-initialised keys."""
-    model.reset_classifier(num_classes)  # model.config follows
-    reinitialized = head_keys(model)
-    _log.warning("%s: loaded %s with a new %d-class head; re-initialised %s",
-                 model.config["name"], model.config.get("weights"), num_classes, ", ".join(reinitialized))
-    return reinitialized
-
-
-def head_keys(model: nn.Module) -> list[str]:
-    """The state_dict keys of the model's head (classifier and logits norm, ``head_names``)."""
-    heads = model.head_names()
-    return sorted(k for k in model.state_dict() if any(k.startswith(f"{n}.") for n in heads))
-
-class FeatureMaps(nn.Module):
-    """``create_model(..., features_only=True)``: the model cut after its last chosen stage,
-    returning the chosen stages' feature maps as a list (timm's contract), with their
-    ``feature_info``. Built with torchvision's ``create_feature_extractor``."""
-
-    def __init__(self, model: ZooNet, out_indices: Optional[Sequence[int]] = None):
-        super().__init__()
-        from torchvision.models.feature_extraction import create_feature_extractor
-
-        stages = model.feature_info
-        out_indices = tuple(range(len(stages))) if out_indices is None else tuple(out_indices)
-        if not out_indices or any(isinstance(i, bool) or not isinstance(i, int)
-                                  or not -len(stages) <= i < len(stages) for i in out_indices):
-            raise ValueError(f"out_indices must be stage indices in 0..{len(stages) - 1} (or "
-                             f"negative from the end); {model.config['name']} has stages "
-                             f"{[s['module'] for s in stages]}, got {out_indices!r}")
-        self.out_indices = tuple(i % len(stages) for i in out_indices)
-        self.feature_info = [dict(stages[i]) for i in self.out_indices]
-        self.body = create_feature_extractor(
-            model, {s["module"]: f"stage{i}" for i, s in zip(self.out_indices, self.feature_info)})
-        self.config = {**model.config, "features_only": True, "out_indices": list(self.out_indices)}
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x).values())

@@ -47,7 +47,7 @@ __all__ = [
 
 # Helpers that are not about weights lived here; the old paths work until the next release.
 _MOVED = {"eval_transforms": "zoo.preprocessing", "default_preprocessing": "zoo.preprocessing",
-          "new_head": "zoo.models", "head_keys": "zoo.models", "git_commit": "zoo.cli"}
+          "new_head": "zoo.heads", "head_keys": "zoo.heads", "git_commit": "zoo.cli"}
 
 
 def __getattr__(name: str):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data import categories
-from ..models._common import new_head
+from ..heads import new_head
 from ..preprocessing import eval_transforms
 from .errors import WeightsError, first_line, short_list
 from .fetch import fetch_file, hub_download
