@@ -17,10 +17,11 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from ..cli import one_line
 from ..data import categories
 from ..heads import new_head
 from ..preprocessing import eval_transforms
-from .errors import WeightsError, first_line, short_list
+from .errors import WeightsError, short_list
 from .fetch import fetch_file, hub_download
 from .files import (HUB_FILENAME, checkpoint_file, load_state_into, read_checkpoint,
                     read_metadata)
@@ -244,7 +245,7 @@ def _from_hub_ref(ref: str, progress: bool) -> Union[Weights, Path]:
         file = hub_download(repo_id, HUB_FILENAME, revision or None, progress)
     except Exception as err:  # HTTP, connection (httpx or requests) and cache errors alike
         raise WeightsError(f"could not get {HUB_FILENAME} of {HF_HUB_PREFIX}{ref}: "
-                           f"{first_line(err)}") from None
+                           f"{one_line(err, 500)}") from None
     _log.warning("%s%s is not in NormZoo's manifest, so no sha256 pins it: loaded %s, checked "
                  "against its own metadata only", HF_HUB_PREFIX, ref, file)
     return file

@@ -19,8 +19,3 @@ def short_list(keys: Iterable[str], n: int = 5) -> str:
     ``"[a, b, ... 3 more]"``."""
     keys = sorted(keys)  # safetensors' load_model returns sets
     return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's message on one line (whitespace collapsed), at most 500 characters."""
-    return " ".join(str(e).split())[:500]

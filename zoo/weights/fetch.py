@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional
 
-from .errors import WeightsError, first_line
+from ..cli import one_line
+from .errors import WeightsError
 from .files import sha256sum, temp_beside
 from .manifest import UNPUBLISHED
 
@@ -100,7 +101,7 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
     try:
         cached = try_to_load_from_cache(e["hub_repo_id"], e["filename"], revision=e["revision"])
     except Exception as err:  # huggingface_hub's checks of the repo id and filename, or the cache
-        tried.append(f"{where}: {first_line(err)}")
+        tried.append(f"{where}: {one_line(err, 500)}")
         return None
     if isinstance(cached, str):
         if _verified(Path(cached), e, tried, "Hugging Face cache file"):
@@ -115,7 +116,7 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
         try:
             path = hub_download(e["hub_repo_id"], e["filename"], e["revision"], progress)
         except Exception as err:  # HTTP, connection (httpx or requests) and cache errors alike
-            tried.append(f"{where}: {first_line(err)}")
+            tried.append(f"{where}: {one_line(err, 500)}")
             return None
         if _verified(path, e, tried, "downloaded file"):
             _log.info("%s: downloaded from the Hugging Face Hub, %s@%s, to %s (sha256 "
@@ -190,7 +191,7 @@ def _from_mirror(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]
             target.unlink(missing_ok=True)
             return _download(w, target, progress, tried)
     except requests.RequestException as err:  # caught first: requests' errors are OSErrors
-        tried.append(f"mirror {e['mirror_url']}: {first_line(err)}")
+        tried.append(f"mirror {e['mirror_url']}: {one_line(err, 500)}")
     except OSError as err:  # a read-only cache or file system, a full disk
         tried.append(f"NormZoo cache {cache_dir()}: {_os_reason(err)}; make it writable, or set "
                      f"NORMZOO_CACHE to a writable folder")
@@ -235,7 +236,7 @@ def _download(w: Weights, target: Path, progress: bool, tried: list[str]) -> Opt
 
 
 def _os_reason(err: OSError) -> str:
-    return f"{err.strerror}: {err.filename}" if err.strerror and err.filename else first_line(err)
+    return f"{err.strerror}: {err.filename}" if err.strerror and err.filename else one_line(err, 500)
 
 
 def _progress_bar(total: Optional[int], desc: str, enabled: bool):

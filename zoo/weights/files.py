@@ -14,8 +14,9 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import nn
 
+from ..cli import one_line
 from ..preprocessing import default_preprocessing
-from .errors import WeightsError, first_line
+from .errors import WeightsError
 
 HUB_FILENAME = "model.safetensors"  # the checkpoint's name in a Hub repo or Hub-ready folder
 
@@ -165,7 +166,7 @@ def load_state_into(model: nn.Module,
     try:
         return load_model(model, str(path), strict=False)
     except RuntimeError as e:
-        raise WeightsError(f"{path} does not fit {model.config['name']}: {first_line(e)}") from None
+        raise WeightsError(f"{path} does not fit {model.config['name']}: {one_line(e, 500)}") from None
     except Exception as e:
         raise WeightsError(_not_safetensors(path, e)) from None
 
