@@ -5,13 +5,13 @@ sha256 is the manifest's."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional
 
 from ..cli import one_line
+from ..progress import hub_progress_bars, progress_bar
 from .errors import WeightsError
 from .files import sha256sum, temp_beside
 from .manifest import UNPUBLISHED
@@ -132,24 +132,8 @@ def hub_download(repo_id: str, filename: str, revision: Optional[str], progress:
     huggingface_hub's progress bars on or off; its errors pass through."""
     from huggingface_hub import hf_hub_download
 
-    with _progress_bars(progress):
+    with hub_progress_bars(progress):
         return Path(hf_hub_download(repo_id, filename, revision=revision, library_name="normzoo"))
-
-
-@contextlib.contextmanager
-def _progress_bars(enabled: bool):
-    """huggingface_hub's download bars on or off (``progress``) for the block."""
-    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
-                                       enable_progress_bars)
-
-    was_disabled = are_progress_bars_disabled()
-    if not enabled:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not enabled and not was_disabled:
-            enable_progress_bars()
 
 
 def _remove_hub_file(pointer: Path, tried: list[str]) -> bool:
@@ -216,7 +200,8 @@ def _download(w: Weights, target: Path, progress: bool, tried: list[str]) -> Opt
                                  f"{size}; not downloading it (wrong file or wrong mirror_url)")
                     return None
                 received = 0
-                with _progress_bar(size, f"{w.name} (mirror)", progress) as bar:
+                with progress_bar(size, f"{w.name} (mirror)", unit="B", unit_scale=True,
+                                  leave=True, enabled=progress) as bar:
                     for chunk in r.iter_content(1 << 20):
                         received += len(chunk)
                         if received > size:
@@ -237,10 +222,3 @@ def _download(w: Weights, target: Path, progress: bool, tried: list[str]) -> Opt
 
 def _os_reason(err: OSError) -> str:
     return f"{err.strerror}: {err.filename}" if err.strerror and err.filename else one_line(err, 500)
-
-
-def _progress_bar(total: Optional[int], desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not enabled)
