@@ -1,8 +1,13 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+import zoo
+import zoo.hub
+from hub_server import FakeHub
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +21,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 def pytest_addoption(parser):
     parser.addoption("--regen-golden", action="store_true",
-                     help="rewrite tests/golden/*.json from the current code")
+                     help="rewrite tests/zoo/golden/*.json from the current code")
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +53,60 @@ def single_thread():
     """One torch thread for one test: tiny tensors gain nothing from a second thread, and
     some kernels choose their method by the thread count (_top_k_per_row's max rounds)."""
     yield from _threads(1)
+
+
+@pytest.fixture
+def not_distributed(monkeypatch):
+    """The test runs as one process, even under torchrun: the trainer and eval/validate.py
+    read these."""
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def hub():
+    """A fake Hugging Face Hub on a loopback port (tests/hub_server.py)."""
+    server = FakeHub().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def manifest(tmp_path, monkeypatch) -> Path:
+    """An empty temporary manifest, in use through $NORMZOO_MANIFEST."""
+    path = tmp_path / "pkg" / "weights_manifest.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"schema_version": 1, "weights": []}))
+    monkeypatch.setenv("NORMZOO_MANIFEST", str(path))
+    return path
+
+
+# The checkpoint the command-line tools are given: what a registered file records.
+CLI_NAME = "resnet20_gn.cifar10"
+CLI_METRICS = {"top1": 50.0, "top5": 90.0, "split": "cifar10 test[:1000]", "num_images": 1000}
+CLI_RECIPE = {"command": "tests/hostile", "commit": "0" * 40}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained resnet20_gn saved with a figure and a recipe, as a registered file has."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / f"{CLI_NAME}.safetensors"
+    return zoo.save_checkpoint(zoo.create_model("resnet20_gn"), path, tag="cifar10",
+                               metrics=CLI_METRICS, recipe=CLI_RECIPE)
+
+
+@pytest.fixture
+def registered_manifest(manifest, checkpoint) -> Path:
+    """``manifest`` with ``checkpoint`` registered and shipped."""
+    zoo.hub.register(checkpoint, ship=True)
+    return manifest
+
+
+def one_error_line(err: str, *fragments: str) -> str:
+    """A command-line tool's stderr: exactly one ``error: ...`` line, holding each fragment."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

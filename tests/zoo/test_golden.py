@@ -1,5 +1,5 @@
 """Seeded outputs of a few models, so a change in init or forward cannot pass unnoticed.
-Regenerate (only after an intended change) with `python -m pytest tests/test_golden.py --regen-golden`."""
+Regenerate (only after an intended change) with `python -m pytest tests/zoo/test_golden.py --regen-golden`."""
 
 import json
 from pathlib import Path
@@ -32,13 +32,13 @@ def golden(request):
         rows = ",\n".join(f" {json.dumps(n)}: {json.dumps(_outputs(n))}" for n in MODELS)
         GOLDEN.write_text("{\n" + rows + "\n}\n")
     if not GOLDEN.is_file():
-        pytest.fail(f"{GOLDEN} is missing: run pytest tests/test_golden.py --regen-golden")
+        pytest.fail(f"{GOLDEN} is missing: run pytest tests/zoo/test_golden.py --regen-golden")
     return json.loads(GOLDEN.read_text())
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_seeded_outputs_match_the_golden_file(name, golden):
-    assert name in golden, "run pytest tests/test_golden.py --regen-golden"
+    assert name in golden, "run pytest tests/zoo/test_golden.py --regen-golden"
     got = _outputs(name)
     for mode in ("eval", "train"):
         torch.testing.assert_close(torch.tensor(got[mode]), torch.tensor(golden[name][mode]),

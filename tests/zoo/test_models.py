@@ -39,7 +39,7 @@ def test_every_arch_norm_combination_constructs(name):
     if slot is None:  # empty norm slots: no 2d norms at all, convs carry biases
         assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d))
                        for m in model.modules())
-        # (shortcut convs follow NormSpec.shortcut_conv_bias: tests/test_mimic.py)
+        # (shortcut convs follow NormSpec.shortcut_conv_bias: tests/zoo/test_mimic.py)
         assert all(c.bias is not None for key, c in model.named_modules()
                    if isinstance(c, nn.Conv2d) and ".downsample." not in key)
     else:  # one norm of the named kind after every conv, sized for it

@@ -95,16 +95,6 @@ def _out(model, x):
         return model.eval()(x)
 
 
-@pytest.fixture
-def manifest(tmp_path, monkeypatch):
-    """An empty temporary manifest in use through NORMZOO_MANIFEST."""
-    path = tmp_path / "pkg" / "weights_manifest.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps({"schema_version": 1, "weights": []}))
-    monkeypatch.setenv("NORMZOO_MANIFEST", str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def bn_ckpt(cifar, tmp_path_factory):
     """A trained resnet20_bn and its checkpoint (tag cifar10) with metrics and recipe."""

@@ -378,7 +378,7 @@ def cifar_ckpt(tmp_path_factory, data_root):
                "num_images": 1000}
     path = tmp_path_factory.mktemp("cifar") / "resnet20_gn.safetensors"
     zoo.save_checkpoint(model, path, tag="cifar10", metrics=metrics,
-                        recipe={"command": "tests/test_validate.py: 15 SGD steps", "commit": "0" * 40})
+                        recipe={"command": "tests/eval/test_validate.py: 15 SGD steps", "commit": "0" * 40})
     return {"path": path, "result": result, "metrics": metrics, "model": model, "transform": transform}
 
 
@@ -397,7 +397,8 @@ def published(tmp_path_factory, cifar_ckpt):
 
 
 @pytest.fixture
-def manifest(published, tmp_path, monkeypatch):
+def published_manifest(published, tmp_path, monkeypatch):
+    """A copy of the published folder, its manifest in use through $NORMZOO_MANIFEST."""
     folder = shutil.copytree(published, tmp_path / "manifest")
     monkeypatch.setenv("NORMZOO_MANIFEST", str(folder / "weights_manifest.json"))
     return folder / "weights_manifest.json"
@@ -418,13 +419,14 @@ def test_cifar_evaluate_is_independent_of_batching_and_memory_format(cifar_ckpt,
     assert (again.correct1, again.correct5, again.num_images) == (ref.correct1, ref.correct5, 1000)
 
 
-def test_cifar_cli_remeasures_the_recorded_figure_exactly(cifar_ckpt, manifest, data_root, tmp_path):
+def test_cifar_cli_remeasures_the_recorded_figure_exactly(cifar_ckpt, published_manifest, data_root,
+                                                          tmp_path):
     out_json = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, "eval/cifar_val.py", "--model", "resnet20_gn", "--weights", "DEFAULT",
          "--data", str(data_root / "cifar10"), "--device", "cpu", "--no-progress",
          "--results-file", str(out_json), "--results-format", "json"],
-        cwd=REPO, env=_env(manifest), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=_env(published_manifest), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(out_json.read_text())
     assert tuple(row) == validate.COLUMNS
@@ -439,13 +441,14 @@ def test_cifar_cli_remeasures_the_recorded_figure_exactly(cifar_ckpt, manifest, 
     assert "diff 0.0: ok" in proc.stdout and "error" not in proc.stderr and "REGRESSION" not in proc.stderr
 
 
-def test_cifar_regression_tolerance_limit_and_checkpoint_figure(cifar_ckpt, manifest, data_root,
+def test_cifar_regression_tolerance_limit_and_checkpoint_figure(cifar_ckpt, published_manifest,
+                                                                data_root,
                                                                  tmp_path, capsys):
     data = ["--data", data_root / "cifar10", "--device", "cpu"]
-    entries = json.loads(manifest.read_text())
+    entries = json.loads(published_manifest.read_text())
     recorded = entries["weights"][0]["metrics"]["top1"] + 1.0
     entries["weights"][0]["metrics"]["top1"] = recorded
-    manifest.write_text(json.dumps(entries, indent=2))
+    published_manifest.write_text(json.dumps(entries, indent=2))
 
     rc, out, err = cli(capsys, "cifar", "--model", "resnet20_gn", "--weights", "DEFAULT", *data)
     assert rc == 1
@@ -474,7 +477,8 @@ def test_cifar_regression_tolerance_limit_and_checkpoint_figure(cifar_ckpt, mani
     assert row["weights"] == str(cifar_ckpt["path"]) and row["status"] == "ok"
 
 
-def test_cifar_glob_evaluates_models_with_weights_and_counts_the_rest(cifar_ckpt, manifest, data_root,
+def test_cifar_glob_evaluates_models_with_weights_and_counts_the_rest(cifar_ckpt,
+                                                                      published_manifest, data_root,
                                                                       tmp_path, capsys):
     matching = [n for n in zoo.list_models("resnet20_*")
                 if zoo.get_arch(zoo.parse_model_name(n)[0]).dataset == "cifar"]
@@ -522,18 +526,19 @@ def error_inputs(cifar_ckpt, small_r18, data_root, tmp_path):
 ], ids=["cifar-missing-data", "imagenet-missing-data", "not-wnids", "unknown-model", "unknown-glob",
         "other-architecture", "class-count", "imagenet-no-weights", "imagenet-glob-no-weights",
         "imagenet-model-in-cifar", "cifar-model-in-imagenet", "no-weights-flag"])
-def test_bad_input_is_one_error_line(dataset, argv, fragments, error_inputs, manifest, capsys):
+def test_bad_input_is_one_error_line(dataset, argv, fragments, error_inputs, published_manifest,
+                                     capsys):
     args = [a.strip("'").format(**error_inputs) for a in argv.split()]
     rc, out, err = cli(capsys, dataset, *args)
     assert rc == 2
     _one_error_line(err, *fragments)
 
 
-def test_bad_input_in_a_real_process_has_no_traceback(cifar_ckpt, manifest, data_root):
+def test_bad_input_in_a_real_process_has_no_traceback(cifar_ckpt, published_manifest, data_root):
     proc = subprocess.run(
         [sys.executable, "eval/cifar_val.py", "--model", "resnet20_bn", "--checkpoint",
          str(cifar_ckpt["path"]), "--data", str(data_root / "cifar100")],
-        cwd=REPO, env=_env(manifest), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=_env(published_manifest), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     _one_error_line(proc.stderr, "holds weights of resnet20_gn, not resnet20_bn")
 
@@ -563,13 +568,14 @@ def test_shards_cover_every_index_once(monkeypatch, world, n):
     assert all(torch.equal(lab, idx * 10) and torch.equal(imgs, idx * 10) for imgs, lab, idx in got)
 
 
-def test_torchrun_two_processes_count_each_image_once(cifar_ckpt, manifest, data_root, tmp_path, capsys):
+def test_torchrun_two_processes_count_each_image_once(cifar_ckpt, published_manifest, data_root,
+                                                      tmp_path, capsys):
     data = ["--checkpoint", str(cifar_ckpt["path"]), "--data", str(data_root / "cifar10"),
             "--limit", "101", "--device", "cpu", "--no-progress", "--results-format", "json"]
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "eval/cifar_val.py", *data, "--results-file", str(tmp_path / "dist.json")],
-        cwd=REPO, env=_env(manifest), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=_env(published_manifest), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (dist,) = json.loads((tmp_path / "dist.json").read_text())
     assert len(_table_rows(proc.stdout, "resnet20_gn")) == 1  # printed by rank 0 only
@@ -596,10 +602,11 @@ def test_limit_must_be_positive(limit, capsys):
     assert "must be a positive number of images" in capsys.readouterr().err
 
 
-def test_check_manifest_remeasures_every_entry_and_fails_on_a_raised_figure(manifest, data_root):
+def test_check_manifest_remeasures_every_entry_and_fails_on_a_raised_figure(published_manifest,
+                                                                            data_root):
     def run():
         return subprocess.run([sys.executable, "eval/check_manifest.py", "--cifar-data",
-                               str(data_root / "cifar10")], cwd=REPO, env=_env(manifest),
+                               str(data_root / "cifar10")], cwd=REPO, env=_env(published_manifest),
                               capture_output=True, text=True, timeout=300)
 
     good = run()
@@ -607,8 +614,8 @@ def test_check_manifest_remeasures_every_entry_and_fails_on_a_raised_figure(mani
     assert "resnet20_gn.cifar10: top-1" in good.stdout and "diff 0.0): ok" in good.stdout
     assert "0 file problem(s), 0 accuracy problem(s)" in good.stdout
 
-    data = json.loads(manifest.read_text())
+    data = json.loads(published_manifest.read_text())
     data["weights"][0]["metrics"]["top1"] += 1.0
-    manifest.write_text(json.dumps(data))
+    published_manifest.write_text(json.dumps(data))
     raised = run()
     assert raised.returncode == 1 and "REGRESSION" in raised.stdout

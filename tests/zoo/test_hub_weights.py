@@ -25,7 +25,8 @@ import zoo.hub
 from zoo.weights import WeightsError, load_manifest, write_manifest
 from hub_server import FakeHub
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 MODEL = "resnet20_gn"
 NAME = f"{MODEL}.cifar10"
 REPO_ID = "normzoo-test/resnet20-gn"
@@ -103,7 +104,7 @@ def _env(manifest: Path, tmp_path: Path, endpoint: str, *, offline=False, hf_hom
            if not k.startswith(("HF_", "NORMZOO_", "HUGGINGFACE_"))
            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update(
-        PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
         HF_ENDPOINT=endpoint,
         HF_HOME=str(hf_home or tmp_path / "hf_home"),
         NORMZOO_MANIFEST=str(manifest),
@@ -133,16 +134,6 @@ def _gets(hub: FakeHub, path: str) -> int:
 
 def _resolve_path(filename=FILENAME) -> str:
     return f"/{REPO_ID}/resolve/{COMMIT}/{filename}"
-
-
-@pytest.fixture
-def hub():
-    server = FakeHub().start()
-    yield server
-    try:
-        server.stop()
-    except Exception:
-        pass
 
 
 def _dead_endpoint() -> str:
@@ -362,14 +353,14 @@ def test_torch_hub_load_shipped_weights_offline(tmp_path, monkeypatch, artifacts
     assert (manifest.parent / entry["shipped"]).read_bytes() == artifacts["bytes"]
     env = _env(manifest, tmp_path, _dead_endpoint(), offline=True)
     out = _result(_run(f"""
-        model = torch.hub.load({str(REPO_ROOT)!r}, "resnet20_gn", source="local",
+        model = torch.hub.load({str(REPO)!r}, "resnet20_gn", source="local",
                                weights="DEFAULT", progress=False).eval()
         with torch.no_grad():
             equal = torch.equal(model(ref["x"]), ref["y"])
         print(json.dumps({{"equal": equal, "weights": model.config["weights"],
                           "zoo": os.path.dirname(zoo.__file__)}}))
     """, env, artifacts["ref"], tmp_path))
-    assert out == {"equal": True, "weights": NAME, "zoo": str(REPO_ROOT / "zoo")}
+    assert out == {"equal": True, "weights": NAME, "zoo": str(REPO / "zoo")}
     assert not (tmp_path / "hf_home" / "hub").exists()  # nothing was downloaded
 
 

@@ -6,14 +6,12 @@ accuracy is asserted."""
 import csv
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import batch_sweep  # eval/batch_sweep.py (pyproject's pythonpath)
 from zoo import report
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sweep_args(data_root, tmp_path, *extra):
