@@ -8,12 +8,8 @@ import torch
 
 import benchmark  # eval/benchmark.py (pyproject's pythonpath)
 from zoo import report
+
 from conftest import REPO
-
-
-# One xdist worker runs this module, so the tiny benchmark runs once.
-pytestmark = pytest.mark.xdist_group("tiny_benchmark")
-
 
 # The methods the tiny run takes (each costs fresh processes): the baseline, mimic (the step
 # suite's targets), and a fused method of each memory format (ilm contiguous, linfbn

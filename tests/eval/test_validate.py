@@ -32,9 +32,6 @@ from zoo.weights import read_metadata
 
 from conftest import REPO
 
-# One xdist worker runs this module, so its checkpoints and image folders are built once.
-pytestmark = pytest.mark.xdist_group("validate")
-
 _spec = importlib.util.spec_from_file_location("nz_eval_validate", REPO / "eval" / "validate.py")
 validate = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(validate)
