@@ -19,6 +19,21 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ["OMP_NUM_THREADS"] = str(_SHARE)
 
 
+# The modules that take longest (fresh processes, compiled kernels) start first: xdist hands
+# out whole modules in collection order (--dist loadscope), and one of them started last
+# would leave a worker running alone at the end.
+LONGEST_FIRST = ("eval/test_eval_scripts.py", "eval/test_batch_sweep.py", "zoo/test_fused_norms.py",
+                 "train/test_train.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        module = item.path.relative_to(REPO / "tests").as_posix()
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other test keeps its place
+
+
 def pytest_addoption(parser):
     parser.addoption("--regen-golden", action="store_true",
                      help="rewrite tests/zoo/golden/*.json from the current code")
@@ -65,7 +80,7 @@ def not_distributed(monkeypatch):
 
 @pytest.fixture
 def hub():
-    """A fake Hugging Face Hub on a loopback port (tests/hub_server.py)."""
+    """A fake Hugging Face Hub on a loopback port (tests/support/hub_server.py)."""
     server = FakeHub().start()
     yield server
     server.stop()

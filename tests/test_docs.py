@@ -95,7 +95,7 @@ def test_code_blocks_parse_sections_and_not_run_markers():
 # files and the Hub they point at (the loopback stand-in, which push_to_hub's uploads reach).
 BLOCK_PRELUDE = """
 import os, sys, tempfile
-from hub_server import FakeHub  # tests/ is on PYTHONPATH
+from hub_server import FakeHub  # tests/support/ is on PYTHONPATH
 hub = FakeHub().start()
 os.environ.update(HF_ENDPOINT=hub.url, HF_HOME=tempfile.mkdtemp(), HF_HUB_DISABLE_TELEMETRY="1",
                   HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost")
@@ -152,7 +152,10 @@ def test_python_blocks_run(page, tmp_path):
     code = (BLOCK_PRELUDE.format(ilm=str(ilm))
             + BLOCK_RUNNER.format(sections=list(sections.items()), page=name))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "NORMZOO_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")]))
+    # tests/support only: tests/ itself holds folders named zoo/ and train/, which would shadow
+    # the installed packages as namespace packages in a process started outside the repo
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests" / "support"),
+                                                      env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

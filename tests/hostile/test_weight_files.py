@@ -2,7 +2,7 @@
 each ends in one clear error that says what was wrong and how to fix it, and loses nothing.
 
 Every test builds its own files under tmp_path; network traffic goes to loopback only
-(tests/hub_server.py, or a small server here). Fetches run in-process: the entries are
+(tests/support/hub_server.py, or a small server here). Fetches run in-process: the entries are
 unpublished (mirror only) or the Hugging Face cache is pointed at tmp_path.
 """
 

@@ -1,5 +1,5 @@
 """Pretrained weights end to end: Hub download, cache, offline, tampering, mirror, torch.hub,
-publishing and the ``python -m zoo.hub`` tools, all against a loopback server (tests/hub_server.py).
+publishing and the ``python -m zoo.hub`` tools, all against a loopback server (tests/support/hub_server.py).
 
 huggingface_hub reads HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE when it is imported, so every
 load runs in a fresh Python process (each doing several loads to keep the count small);
