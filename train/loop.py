@@ -7,13 +7,11 @@ flags (train/cli.py), then trains epoch by epoch, checkpointing into the run fol
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import random
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 import zoo
 from zoo.cli import git_commit, rank
 from zoo.data import load_cifar
+from zoo.deprecation import moved_names
 from zoo.evaluate import rank_and_world
 from zoo.heads import new_head
 from zoo.progress import progress_bar
@@ -408,14 +407,7 @@ def main(argv=None) -> int:
 
 # Names that moved out of this module with the trainer's split: the old paths work for one
 # more release.
-_MOVED = {"RESUME_HELP": "train.cli", "parser": "train.cli", "RUN_FILES": "train.run_folder",
-          "CHECKPOINT_KEYS": "train.run_folder", "RECIPE_FLAGS": "train.run_folder",
-          "run_summary": "train.finish"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        warnings.warn(f"train.loop.{name} is now {_MOVED[name]}.{name}; the old name goes in the "
-                      f"next release", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'train.loop' has no attribute {name!r}")
+__getattr__ = moved_names(__name__, {
+    "RESUME_HELP": "train.cli", "parser": "train.cli", "RUN_FILES": "train.run_folder",
+    "CHECKPOINT_KEYS": "train.run_folder", "RECIPE_FLAGS": "train.run_folder",
+    "run_summary": "train.finish"})

@@ -7,6 +7,7 @@ thread count). Run folders live under tmp_path; ``--register`` writes a temporar
 """
 
 import dataclasses
+import importlib
 import json
 import statistics
 import math
@@ -582,3 +583,14 @@ def test_torchrun_two_processes_match_one(norm, data_root, tmp_path, env, starte
     meta = read_metadata(ddp_out / "model.safetensors")
     assert meta["metrics"]["split"] == "cifar10 test[:1000]" and meta["metrics"]["num_images"] == 1000
     assert meta["recipe"]["command"].startswith(f"torchrun --nproc_per_node=2 -m train --model {name}")
+
+
+@pytest.mark.parametrize("name, module", [
+    ("RESUME_HELP", "train.cli"), ("parser", "train.cli"), ("RUN_FILES", "train.run_folder"),
+    ("CHECKPOINT_KEYS", "train.run_folder"), ("RECIPE_FLAGS", "train.run_folder"),
+    ("run_summary", "train.finish")])
+def test_names_moved_by_the_split_keep_their_old_path_for_a_release(name, module):
+    with pytest.warns(DeprecationWarning, match=f"train.loop.{name} moved to {module}.{name}"):
+        assert getattr(train.loop, name) is getattr(importlib.import_module(module), name)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        train.loop.no_such_name

@@ -25,6 +25,7 @@ which imports this package and hands it its model-name rule, ``set_model_name_pa
 
 from .api import (HF_HUB_PREFIX, Weights, get_model_weights, get_weight, list_weights,
                   load_weights, resolve_weights, weights_of)
+from ..deprecation import moved_names
 from .errors import WeightsError, short_list
 from .fetch import cache_dir
 from .files import (HUB_FILENAME, checkpoint_file, read_checkpoint, read_metadata,
@@ -46,16 +47,6 @@ __all__ = [
 ]
 
 # Helpers that are not about weights lived here; the old paths work until the next release.
-_MOVED = {"eval_transforms": "zoo.preprocessing", "default_preprocessing": "zoo.preprocessing",
-          "new_head": "zoo.heads", "head_keys": "zoo.heads", "git_commit": "zoo.cli"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-        import warnings
-
-        warnings.warn(f"zoo.weights.{name} moved to {_MOVED[name]}.{name}; the old name goes "
-                      f"in the next release", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, {
+    "eval_transforms": "zoo.preprocessing", "default_preprocessing": "zoo.preprocessing",
+    "new_head": "zoo.heads", "head_keys": "zoo.heads", "git_commit": "zoo.cli"})

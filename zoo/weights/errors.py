@@ -1,4 +1,4 @@
-"""The error of the weights code, and the helpers that word its messages."""
+"""The error of the weights code, and how its messages list state-dict keys."""
 
 from __future__ import annotations
 
