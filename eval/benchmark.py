@@ -51,9 +51,13 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from zoo import report
 from zoo.cli import machine
-from zoo.reference import OriginalILMGroupNorm, OriginalTopKBatchNorm2d
 from zoo.norms.common import group_count
+from zoo.reference import OriginalILMGroupNorm, OriginalTopKBatchNorm2d
+# The goals, each norm's baseline and the dtypes: one list, which the performance page reports.
+from zoo.report import (DTYPES, FLOOR_SUITES, INFERENCE_TARGETS, NORM_BASELINE, NORM_TARGETS,
+                        STEP_TARGETS, TRAIN_TARGET)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results"
@@ -71,10 +75,6 @@ ORIGINALS = {
     "l1bn": lambda c: OriginalTopKBatchNorm2d(c),
     "linfbn": lambda c: OriginalTopKBatchNorm2d(c, k=1),
 }
-# The goals, each norm's baseline and the dtypes: one list, which the performance page reports.
-from zoo import report  # noqa: E402
-from zoo.report import (DTYPES, FLOOR_SUITES, INFERENCE_TARGETS, NORM_BASELINE,  # noqa: E402
-                        NORM_TARGETS, STEP_TARGETS, TRAIN_TARGET)
 
 METHODS = ("bn", "gn", "ilm", "mimic", "l1bn", "linfbn", "bwn")
 STEP_CONFIGS = [("resnet20", 128, 32), ("resnet50", 8, 224), ("vgg16", 4, 224)]
