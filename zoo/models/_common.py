@@ -2,15 +2,12 @@
 and head contract, and gradient checkpointing."""
 
 import contextlib
-import logging
 
 import torch
 from torch import nn
 
 from ..heads import check_num_classes
 from ..norms import NormSpec
-
-_log = logging.getLogger("zoo")
 
 
 def check_input(x: torch.Tensor, min_size: int, model: str) -> torch.Tensor:
