@@ -4,7 +4,6 @@ and, with ``--register``, the manifest entry."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -50,7 +49,7 @@ def export(model: torch.nn.Module, folder: RunFolder, recipe: Recipe, dataset: s
     from zoo.hub import build_folder, local_weights
     from zoo.hub import register as add_to_manifest
 
-    record = json.loads((folder.path / "recipe.json").read_text())
+    record = folder.record()
     path = zoo.save_checkpoint(model.cpu().float(), folder.path / "model.safetensors",
                                tag=tag or dataset, dataset=dataset, metrics=metrics,
                                recipe={"command": record["command"], "commit": record["commit"],

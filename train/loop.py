@@ -354,13 +354,10 @@ class Run:
                    if self.dataset.startswith("cifar") else None)
         if rank() != 0:
             return metrics
-        self.plot()
+        plot_curves(self.folder, f"{args.model}, recipe {self.recipe.name}")
         export(self.model, self.folder, self.recipe, self.dataset, metrics, tag=args.tag,
                register=args.register)
         return metrics
-
-    def plot(self) -> None:
-        plot_curves(self.folder, f"{self.args.model}, recipe {self.recipe.name}")
 
 
 def _summed_over_processes(counts: list[float]) -> list[float]:
