@@ -16,16 +16,16 @@ nothing on the load path unpickles.
 The modules, each importing only those above it when it runs (and none ``zoo.registry``,
 which imports this package and hands it its model-name rule, ``set_model_name_parser``):
 
-- ``errors``: :class:`WeightsError` and the helpers that word its messages;
+- ``errors``: :class:`WeightsError`, and ``short_list`` for the keys its messages name;
 - ``files``: checkpoint files, safetensors and their metadata;
 - ``manifest``: the schema (:class:`ManifestEntry`), loading, validating, writing;
 - ``fetch``: a verified copy of an entry's file (steps 2-5);
 - ``api``: :class:`Weights`, the enums, listing, resolving ``weights=`` and loading.
 """
 
+from ..deprecation import moved_names
 from .api import (HF_HUB_PREFIX, Weights, get_model_weights, get_weight, list_weights,
                   load_weights, resolve_weights, weights_of)
-from ..deprecation import moved_names
 from .errors import WeightsError, short_list
 from .fetch import cache_dir
 from .files import (HUB_FILENAME, checkpoint_file, read_checkpoint, read_metadata,
