@@ -25,7 +25,7 @@ from .recipes import RECIPES
 
 RESUME_HELP = (
     "continue from OUT/checkpoint.pt. The command must repeat the run's --model, --recipe and "
-    "its overrides (--epochs, --batch-size, --lr, --warmup-epochs, --amp), --seed, "
+    "its overrides (--epochs, --batch-size, --lr, --warmup-epochs, --amp, --zero-init-residual), --seed, "
     "--limit-train, data (the dataset and its number of training images), --num-classes, "
     "--weights/--checkpoint (the same weights), --freeze-backbone and memory format "
     "(--channels-last; by default the run's own); a mismatch is refused. These may change: "
@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
                    help="override the recipe's linear warm-up (and a method's own, e.g. mimic's)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="override the recipe's autocast (bf16 on CPU, fp16 on CUDA)")
+    p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the recipe's start of every block's last norm gain at 0 (and "
+                        "a method's own: the Norm Matters layers default to on)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="memory format (default: the norm's measured preference, "
                         "zoo.prefers_channels_last; a resumed run keeps its own)")

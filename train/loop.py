@@ -75,7 +75,8 @@ class Run:
         self.device = torch.device(args.device)
         arch, norm = zoo.parse_model_name(args.model)
         overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                     "warmup_epochs": args.warmup_epochs, "amp": args.amp}
+                     "warmup_epochs": args.warmup_epochs, "amp": args.amp,
+                     "zero_init_residual": args.zero_init_residual}
         base, self.adjustments = for_model(
             get_recipe(args.recipe), norm, keep=tuple(k for k, v in overrides.items() if v is not None))
         self.recipe = override(base, **overrides)

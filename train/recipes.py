@@ -117,10 +117,11 @@ def for_model(recipe: Recipe, norm: str, keep: tuple[str, ...] = ()) -> tuple[Re
         why.append("bwn: float32, no autocast (mean-only BN bounds no activation scale; under "
                    "bf16 cifar10_cpu_long diverged in epoch 7 from a gradient spike that the "
                    "same state does not have in float32)")
-    if norm in NORM_MATTERS and has_gain(norm) and not recipe.zero_init_residual:
+    if (norm in NORM_MATTERS and has_gain(norm) and not recipe.zero_init_residual
+            and "zero_init_residual" not in keep):
         changes["zero_init_residual"] = True
         why.append(f"{norm}: zero_init_residual=True (the Norm Matters recipes)")
-    if not has_gain(norm) and recipe.zero_init_residual:
+    if not has_gain(norm) and recipe.zero_init_residual and "zero_init_residual" not in keep:
         changes["zero_init_residual"] = False
         why.append(f"{norm}: zero_init_residual=False (its blocks end without a norm gain to "
                    f"start at 0)")

@@ -31,7 +31,8 @@ CHECKPOINT_KEYS = {"epoch", "step", "model", "optimizer", "scheduler", "scaler",
                    "python_rng", "recipe", "model_name"}
 # The recipe's fields that have a flag; the others change only with the preset or the norm.
 RECIPE_FLAGS = {"name": "--recipe", "epochs": "--epochs", "batch_size": "--batch-size",
-                "lr": "--lr", "warmup_epochs": "--warmup-epochs", "amp": "--amp"}
+                "lr": "--lr", "warmup_epochs": "--warmup-epochs", "amp": "--amp",
+                "zero_init_residual": "--zero-init-residual"}
 
 
 def must_match(args, recipe: Recipe, data: str, num_classes: int,

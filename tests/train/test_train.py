@@ -183,6 +183,8 @@ def test_for_model_applies_each_methods_requirements():
             assert not recipe.zero_init_residual
         else:
             assert recipe.zero_init_residual and any("zero_init_residual=True" in w for w in why)
+    # --no-zero-init-residual on the command line wins over the Norm Matters adjustment
+    assert for_model(tiny, "l1bn", keep=("zero_init_residual",)) == (tiny, [])
     # only the named fields change
     l1, _ = for_model(tiny, "l1bn")
     assert dataclasses.replace(l1, zero_init_residual=False) == tiny
