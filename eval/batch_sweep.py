@@ -14,28 +14,27 @@ trained with a second seed (--end-seeds).
 Each cell is scored on the recipe's held-out images (the --val-images after the subset):
 in eval mode, as shipped (running statistics), and, for norms that keep running
 statistics, with batch statistics: the norms in train mode on validation batches of the
-cell's batch size, parameters frozen. Cells are run folders under --runs: a stopped sweep
-continues where it stopped. Writes batch-sweep.csv, .json (settings) and .png to --results.
+cell's batch size, parameters frozen. Cells are run folders under --runs (eval/grid.py): a
+stopped sweep continues where it stopped, and a finished cell trained with other settings
+is refused, not reused. Writes batch-sweep.csv, .json (settings) and .png to --results; results
+of other settings there (the committed sweep's, by default) are replaced only with --force.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import csv
 import json
 import math
 import os
-import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+from grid import ROOT, Cell, GridError, refuse_overwrite, run_grid, train_cell
 
 COLUMNS = ("method", "batch_size", "seed", "val_top1", "val_top1_se", "val_top1_batch_stats",
            "val_top1_batch_stats_se", "batch_stats_images", "train_loss", "img_per_s", "epochs",
@@ -67,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
                    help="folder of the cells' run folders")
     p.add_argument("--results", default=str(ROOT / "eval" / "results"),
                    help="where batch-sweep.csv/.json/.png go")
+    p.add_argument("--force", action="store_true",
+                   help="replace results of other settings in --results (the committed sweep's, "
+                        "by default)")
     p.add_argument("--score-cell", help=argparse.SUPPRESS)  # internal: one cell's batch-stat score
     return p
 
@@ -80,61 +82,45 @@ def cells(args) -> list[tuple[str, int, int]]:
             for s in range(args.end_seeds if b in ends else 1) for m in args.methods]
 
 
-def cell_dir(args, method: str, batch: int, seed: int) -> Path:
-    return Path(args.runs) / f"{method}-b{batch}-s{seed}"
-
-
-def train_command(args, recipe, method: str, batch: int, seed: int, resume: bool) -> list[str]:
+def cell(args, recipe, method: str, batch: int, seed: int) -> Cell:
+    """The cell's trainer run: the lr scaled by the batch, the same warm-up share and the
+    same images for every cell."""
     lr = recipe.lr * batch / recipe.batch_size
     warmup = args.warmup_fraction * args.epochs
-    command = [sys.executable, "-m", "train", "--model", f"resnet20_{method}", "--recipe", recipe.name,
-               "--data", args.data, "--out", str(cell_dir(args, method, batch, seed)),
-               "--limit-train", str(args.train_images + recipe.val_images), "--epochs", str(args.epochs),
-               "--batch-size", str(batch), "--lr", repr(lr), "--warmup-epochs", repr(warmup),
-               "--seed", str(seed)]
-    return command + (["--resume"] if resume else [])
+    return Cell(f"{method}-b{batch}-s{seed}", (
+        "--model", f"resnet20_{method}", "--recipe", recipe.name,
+        "--limit-train", str(args.train_images + recipe.val_images), "--epochs", str(args.epochs),
+        "--batch-size", str(batch), "--lr", repr(lr), "--warmup-epochs", repr(warmup),
+        "--seed", str(seed)))
 
 
-def run_cell(args, recipe, method: str, batch: int, seed: int, threads: int) -> dict:
+def run_cell(args, recipe, cell: Cell, threads: int) -> dict:
     """Train the cell (or continue it), score it with batch statistics, return its CSV row.
     A cell whose loss becomes NaN or infinite is a result too: status "diverged at step N"."""
     from zoo.evaluate import standard_error
 
-    folder = cell_dir(args, method, batch, seed)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    steps = args.train_images // batch * args.epochs
-    row = {"method": method, "batch_size": batch, "seed": seed, "epochs": args.epochs,
-           "images": steps * batch, "steps": steps}
-    if (folder / "diverged.json").is_file():  # the same seed diverges again: not retrained
-        return {**row, "status": json.loads((folder / "diverged.json").read_text())["status"]}
-    if not (folder / "model.safetensors").is_file():
-        resume = (folder / "checkpoint.pt").is_file()
-        if folder.exists() and not resume:
-            shutil.rmtree(folder)  # stopped before its first checkpoint: nothing to keep
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "train.log", "a") as log:
-            done = subprocess.run(train_command(args, recipe, method, batch, seed, resume),
-                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if done.returncode:
-            last = (folder / "train.log").read_text().strip().splitlines()[-1:]
-            diverged = re.search(r"loss is \S+ at epoch (\d+), step (\d+): the run diverged",
-                                 last[0] if last else "")
-            if not diverged:
-                raise RuntimeError(f"cell {folder.name} failed (exit {done.returncode}); its log: "
-                                   f"{folder / 'train.log'}")
-            epoch, step = map(int, diverged.groups())
-            status = f"diverged at step {(epoch - 1) * (steps // args.epochs) + step + 1}"
-            (folder / "diverged.json").write_text(json.dumps({"status": status}) + "\n")
-            return {**row, "status": status}
+    method = cell.value("--model").removeprefix("resnet20_")
+    batch = int(cell.value("--batch-size"))
+    steps_per_epoch = args.train_images // batch
+    row = {"method": method, "batch_size": batch, "seed": int(cell.value("--seed")),
+           "epochs": args.epochs, "images": steps_per_epoch * args.epochs * batch,
+           "steps": steps_per_epoch * args.epochs}
+    trained = train_cell(cell, Path(args.runs), args.data, threads)
+    if trained["status"] == "diverged":
+        step = (trained["epoch"] - 1) * steps_per_epoch + trained["step"] + 1
+        return {**row, "status": f"diverged at step {step}"}
+    folder, rows = trained["folder"], trained["rows"]
     running_statistics = keeps_running_statistics(method)
-    if running_statistics and not (folder / "batch_stats.json").is_file():
-        score = [sys.executable, str(Path(__file__).resolve()), "--data", args.data,
-                 "--train-images", str(args.train_images), "--recipe", recipe.name,
-                 "--score-cell", str(folder)]
-        subprocess.run(score, cwd=ROOT, env=env, check=True)
-    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    scored = (json.loads((folder / "batch_stats.json").read_text())
-              if running_statistics else {"top1": None, "images": 0})
+    scored = {"top1": None, "images": 0}
+    if running_statistics:
+        scored = read_batch_stats(folder)
+        if scored is None:
+            score = [sys.executable, str(Path(__file__).resolve()), "--data", args.data,
+                     "--train-images", str(args.train_images), "--recipe", recipe.name,
+                     "--score-cell", str(folder)]
+            subprocess.run(score, cwd=ROOT, check=True,
+                           env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            scored = read_batch_stats(folder)
     val = rows[-1]["val_acc"]
     return {**row, "val_top1": val, "val_top1_se": round(standard_error(val, recipe.val_images), 2),
             "val_top1_batch_stats": scored["top1"],
@@ -144,6 +130,19 @@ def run_cell(args, recipe, method: str, batch: int, seed: int, threads: int) -> 
             "train_loss": round(rows[-1]["train_loss"], 4),
             "img_per_s": round(statistics.median(r["img_per_s"] for r in rows), 1),
             "minutes": round(sum(r["seconds"] for r in rows) / 60, 2), "status": "ok"}
+
+
+def read_batch_stats(folder: Path) -> Optional[dict]:
+    """CELL/batch_stats.json, or None where it is missing or cut off (then it is scored
+    again)."""
+    try:
+        return json.loads((folder / "batch_stats.json").read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        print(f"warning: {folder / 'batch_stats.json'} is cut off; scoring the cell again",
+              file=sys.stderr)
+        return None
 
 
 def keeps_running_statistics(method: str) -> bool:
@@ -234,6 +233,26 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 
+def describe(row: dict) -> str:
+    return " ".join(f"{k} {row.get(k)}" for k in ("method", "batch_size", "seed", "val_top1",
+                                                  "val_top1_batch_stats", "img_per_s", "status"))
+
+
+SWEEP_FLAGS = ("methods", "batch_sizes", "recipe", "train_images", "epochs", "warmup_fraction",
+               "end_seeds")
+
+
+def changed_settings(recorded: dict, args) -> list[str]:
+    """The sweep flags in which the results recorded in batch-sweep.json differ from these."""
+    try:
+        old = parser().parse_known_args(shlex.split(recorded.get("command", ""))[2:])[0]
+    except SystemExit:  # not a sweep's command: nothing to compare, so nothing to keep
+        return ["its command"]
+    if old.warmup_fraction is None:  # the recipe's, as main() resolves it
+        old.warmup_fraction = recorded.get("warmup_fraction")
+    return ["--" + k.replace("_", "-") for k in SWEEP_FLAGS if getattr(old, k) != getattr(args, k)]
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     import zoo
@@ -262,37 +281,26 @@ def main(argv=None) -> int:
         print(f"error: --warmup-fraction must be from 0 to 1, not {args.warmup_fraction}",
               file=sys.stderr)
         return 2
+    if not recipe.val_images:
+        print(f"error: recipe {recipe.name!r} holds out no validation images, and every cell is "
+              f"scored on them: choose a recipe with val_images, e.g. cifar10_cpu", file=sys.stderr)
+        return 2
     # the cells' trainer runs in the project root: paths from here must hold there too
     args.data, args.runs = str(Path(args.data).resolve()), str(Path(args.runs).resolve())
-    todo = cells(args)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     results, out = Path(args.results), Path(args.runs)
-    results.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    todo = [cell(args, recipe, *c) for c in cells(args)]
     print(f"{len(todo)} cells, {args.jobs} at a time on {threads} thread(s) each; run folders in {out}",
           flush=True)
-    start = time.perf_counter()
-    rows = []
     try:
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(run_cell, args, recipe, *cell, threads): cell for cell in todo}
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    row = future.result()
-                except (RuntimeError, subprocess.CalledProcessError) as e:
-                    print(f"error: {e}", file=sys.stderr)
-                    pool.shutdown(cancel_futures=True)
-                    return 1
-                rows.append(row)
-                print(f"[{len(rows)}/{len(todo)}] " + " ".join(
-                    f"{k} {row.get(k)}" for k in ("method", "batch_size", "seed", "val_top1",
-                                                  "val_top1_batch_stats", "img_per_s", "status")),
-                    flush=True)
-    finally:  # the sweep's wall time, summed over its invocations (a stopped sweep continues)
-        with open(out / "invocations.jsonl", "a") as f:
-            f.write(json.dumps({"seconds": round(time.perf_counter() - start, 1),
-                                "cells_done": len(rows)}) + "\n")
-    invocations = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]
+        refuse_overwrite(results / "batch-sweep.json", lambda old: changed_settings(old, args),
+                         args.force)
+        rows, invocations = run_grid(todo, lambda c: run_cell(args, recipe, c, threads), args.jobs,
+                                 out, describe)
+    except (GridError, subprocess.CalledProcessError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    results.mkdir(parents=True, exist_ok=True)
     order = {m: i for i, m in enumerate(args.methods)}
     rows.sort(key=lambda r: (order[r["method"]], r["batch_size"], r["seed"]))
     with open(results / "batch-sweep.csv", "w", newline="") as f:
