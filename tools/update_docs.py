@@ -12,6 +12,7 @@ A block may sit in any of those pages: links inside it are written relative to i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -73,9 +74,23 @@ def batch_sweep(root: Path, page: Path) -> str:
                                       label=results.relative_to(root).as_posix())
 
 
+def claims(root: Path, page: Path) -> str:
+    """From the committed run of eval/claims.py (eval/results/claims/)."""
+    results = root / "eval" / "results" / "claims"
+    if not (results / "claims.json").is_file():
+        return "No claims run is committed yet: `python eval/claims.py --data ../shared/data/cifar10`."
+    memory = []
+    if (root / "eval" / "results" / "benchmark-cpu.csv").is_file():
+        memory = [r for r in report.read_benchmark(root / "eval" / "results", "cpu")[0]
+                  if r["suite"] == "step" and r["unit"] == "MiB" and r["name"].endswith("_mimic")]
+    return report.claims_section(json.loads((results / "claims.json").read_text()), memory,
+                                 results=_link(page, results),
+                                 label=results.relative_to(root).as_posix())
+
+
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {
     "naming": naming, "weights": weights, "default-weights": default_weights,
-    "performance": performance, "batch-sweep": batch_sweep,
+    "performance": performance, "batch-sweep": batch_sweep, "claims": claims,
 }
 
 

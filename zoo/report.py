@@ -11,6 +11,7 @@ for the generated blocks of the README and the docs pages. Nothing here measures
 - :func:`performance_section`: a benchmark run as the goals and one small table per suite
   (docs/performance.md).
 - :func:`batch_sweep_section`: a batch-size sweep's tables (docs/batch-size.md).
+- :func:`claims_section`: the papers' claims against our seeds (docs/claims.md).
 
 Links inside a block are given by the caller, relative to the page the block goes in.
 """
@@ -368,4 +369,58 @@ def batch_sweep_section(rows: list[dict], settings: dict, results: str = "eval/r
     lines += _sweep_table(rows, "img_per_s",
                           lambda v: f"{statistics.mean(x['img_per_s'] for x in v):.0f}", methods, sizes)
     lines += ["", f"Every row: [{label}/batch-sweep.csv]({results}/batch-sweep.csv)."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval/claims.py
+
+def _arm_figure(claim: dict, side: str) -> str:
+    """An arm's val mean ± std over seeds and its test mean: "91.90 ± 0.20; test 92.3 (n=3)"."""
+    n, mean, std = (claim[f"{side}_val_top1_{x}"] for x in ("n", "mean", "std"))
+    if not n:
+        return "–"
+    test = claim[f"{side}_test_top1_mean"]
+    return (f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+            + (f"; test {test:.1f}" if test is not None else "") + f" (n={n})")
+
+
+def claims_section(written: dict, memory: Iterable[dict] = (), results: str = "eval/results/claims",
+                   label: str = "eval/results/claims") -> str:
+    """The claims table from eval/claims.py's claims.json: each claim's arms (mean ± standard
+    deviation over seeds), their paired difference with its 95% interval, and the verdict;
+    then MimicNorm's memory claim from the benchmark's training-step rows (``memory``:
+    its MiB rows for mimic models). ``results`` links the folder of the claims' CSV, shown as
+    ``label``."""
+    lines = [
+        f"Measured with `{written['command']}` at {written['commit'][:10]}, on {written['machine']}. "
+        f"CIFAR-10 ResNet-20, recipe `cifar10_cpu_long` (55 epochs, batch 128), {written['seeds']} "
+        f"seeds planned per arm. Top-1 % on the 5,000 held-out validation images, mean ± standard "
+        f"deviation over seeds (n); test is CIFAR-10 test[:1000]. The difference is arm a minus "
+        f"arm b, seed by seed, with a 95% t interval.",
+        "", "| claim | arm a | arm b | a | b | a − b, val [95%] | verdict |",
+        "|---|---|---|---|---|---|---|"]
+    for c in written["claims"]:
+        figures = [_arm_figure(c, side) for side in ("a", "b")]
+        diff = "–" if c["diff"] is None else f"{c['diff']:+.2f}" + (
+            f" [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c["ci"] else "") + f" (n={c['n']})"
+        lines.append(f"| {c['title']} | `{c['a']}` | `{c['b']}` | {figures[0]} | {figures[1]} | "
+                     f"{diff} | {c['verdict']} |")
+    lines += ["", "Verdicts: " + "; ".join(f"*{kind}*: {rule}" for kind, rule in
+                                         written["verdicts"].items()) + ".", "",
+              "Where each claim comes from, and what differs in our setting:", ""]
+    lines += [f"- **{c['title']}** (`{c['key']}`): {c['paper']}." + (f" {c['note']}" if c["note"] else "")
+              for c in written["claims"]]
+    lines += ["", f"Every cell, with its command and commit: [{label}/claims.csv]({results}/claims.csv)."]
+    memory = list(memory)
+    if memory:
+        lines += ["", "**MimicNorm trains with less memory than BN** (Fei et al., AAAI 2021, abstract "
+                  "and Tables 1–3: about 20% less). Peak memory of one training step against the BN "
+                  "twin, from the benchmark's `step` suite (`python eval/benchmark.py`, "
+                  "[performance.md](performance.md)); *holds* where the ratio plus its spread stays "
+                  "below 1:", "", "| model | dtype | memory vs BN | verdict |", "|---|---|---|---|"]
+        for r in memory:  # read_benchmark's rows hold text
+            ratio, spread = float(r["ratio"]), float(r["ratio_spread_pct"])
+            verdict = "holds" if ratio * (1 + spread / 100) < 1 else "not resolved"
+            lines.append(f"| {r['config']} | {r['dtype']} | {ratio:.2f}x (±{spread:.0f}%) | {verdict} |")
     return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""What the papers claim, tested on CIFAR-10 ResNet-20 with several seeds.
+
+    python eval/claims.py --data ../shared/data/cifar10              # train what is missing, then write
+    python eval/claims.py --data ../shared/data/cifar10 --no-train   # write from the finished cells only
+    python eval/claims.py --data DIR --claims l1bn_matches_bn --seeds 3
+
+Each claim compares two arms (a model and its trainer flags) over seeds 0..N-1. Every
+(arm, seed) is a cell: a run of the project's trainer (``python -m train``) in its own run
+folder under --runs (eval/grid.py: resumable, a finished cell is read back, one trained with
+other settings is refused). A published checkpoint whose recorded command trains the same
+settings counts as the arm's seed 0. Each claim gets its arms' mean and standard deviation
+over seeds, the paired difference (arm a - arm b, seed by seed) with a 95% t interval, and a
+verdict (VERDICTS). Writes claims.csv (every cell) and claims.json (settings and every claim's
+figures) to --results; docs/claims.md is generated from them (tools/update_docs.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Optional
+
+from grid import ROOT, Cell, GridError, differences, recorded_flags, run_grid, settings, train_cell
+
+LONG = ("--recipe", "cifar10_cpu_long")
+EQUAL_INIT, ZERO_INIT = ("--no-zero-init-residual",), ("--zero-init-residual",)
+MARGIN = 1.0  # points of val top-1 within which two arms "match"
+VERDICTS = {
+    "matches": f"holds if the 95% interval of the difference lies within ±{MARGIN:g} points; does "
+               f"not hold if it lies wholly outside; otherwise not resolved at this n",
+    "better": "holds if the 95% interval of the difference lies above 0; does not hold if it "
+              "lies below 0; otherwise not resolved at this n",
+}
+MIN_SEEDS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str                # its run folders: NAME.sSEED
+    flags: tuple[str, ...]   # trainer flags, without --seed, --data and --out
+
+    def cell(self, seed: int) -> Cell:
+        return Cell(f"{self.name}.s{seed}", (*self.flags, "--seed", str(seed)))
+
+
+def arm(model: str, *flags: str, init: Optional[str] = None) -> Arm:
+    """CIFAR-10 ResNet-20 with ``cifar10_cpu_long``; ``init`` ("off"/"on") names arms that
+    differ in zero_init_residual."""
+    suffix = f".lr{flags[flags.index('--lr') + 1]}" if "--lr" in flags else ""
+    init_flags = {None: (), "off": EQUAL_INIT, "on": ZERO_INIT}[init]
+    if model == "resnet20_bn" and init == "off":
+        init_flags = ()  # BN's recipe starts its gains at 1: the flag would change nothing
+    name = f"{model}.cifar10_cpu_long{suffix}" + (f".init_{init}" if init else "")
+    return Arm(name, ("--model", model, *LONG, *flags, *init_flags))
+
+
+BN = arm("resnet20_bn", init="off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    key: str
+    title: str
+    paper: str      # the paper's statement and where it says it
+    kind: str       # "matches" or "better" (a better than b): VERDICTS
+    a: Arm
+    b: Arm
+    note: str = ""
+
+
+CLAIMS = (
+    Claim("l1bn_matches_bn", "L1 batch norm matches batch norm",
+          "Hoffer et al., *Norm matters*, NeurIPS 2018: L1 BN matches L2 BN's accuracy on "
+          "ImageNet ResNets (METHODS.md §3)", "matches",
+          arm("resnet20_l1bn", init="off"), BN,
+          "Both arms start every gain at 1 (zero-init residual off)."),
+    Claim("linfbn_matches_bn", "L∞ (top-k) batch norm matches batch norm",
+          "Hoffer et al., *Norm matters*, NeurIPS 2018: L∞ BN matches L2 BN's accuracy on "
+          "ImageNet ResNets (METHODS.md §3)", "matches", arm("resnet20_linfbn", init="off"), BN,
+          "Both arms start every gain at 1 (zero-init residual off)."),
+    Claim("l1bn_zero_init_costs", "Zero-init residual gains cost L1 BN accuracy here",
+          "Not a paper claim: the Norm Matters recipes start each block's last gain at 0, and "
+          "NormZoo's l1bn and linfbn DEFAULT weights carry it. Here: equal init minus zero init",
+          "better", arm("resnet20_l1bn", init="off"), arm("resnet20_l1bn", init="on")),
+    Claim("linfbn_zero_init_costs", "Zero-init residual gains cost L∞ BN accuracy here",
+          "Not a paper claim: as above, for L∞ BN", "better",
+          arm("resnet20_linfbn", init="off"), arm("resnet20_linfbn", init="on")),
+    Claim("ilm_improves_gn", "ILM-Norm improves on the norm it wraps (GN)",
+          "Jia et al., *Instance-Level Meta Normalization*, CVPR 2019: ILM-Norm improves on the "
+          "normalizer it wraps", "better", arm("resnet20_ilm"), arm("resnet20_gn"),
+          "Batch 128; the paper trains at batch 32 for 350 epochs."),
+    Claim("mimic_matches_bn", "MimicNorm matches batch norm",
+          "Fei et al., *MimicNorm*, AAAI 2021: BN's accuracy with one BN left, e.g. CIFAR-100 "
+          "ResNet-18 74.96 against BN's 74.72 (METHODS.md §2)", "matches", arm("resnet20_mimic"), BN),
+    Claim("bwn_matches_bn", "Bounded weight norm with mean-only BN matches batch norm",
+          "Hoffer et al., *Norm matters*, NeurIPS 2018: bounded weight normalization, with "
+          "mean-only BN and no weight decay, in place of BN", "matches",
+          arm("resnet20_bwn", "--lr", "0.05"), BN,
+          "bwn at lr 0.05: at 0.1 it diverged in epoch 1 (docs/training.md)."),
+)
+
+COLUMNS = ("arm", "model", "seed", "val_top1", "val_top1_se", "test_top1", "test_images",
+           "train_loss", "img_per_s", "minutes", "status", "source", "command", "commit")
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (1-10, 15, 20, 30).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """The quantile for ``df``, or the next smaller tabulated df's (a wider interval)."""
+    return T95[max(k for k in T95 if k <= df)]
+
+
+def parser() -> argparse.ArgumentParser:
+    from zoo.cli import positive_int
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="CIFAR-10 folder (python layout)")
+    p.add_argument("--claims", nargs="+", default=[c.key for c in CLAIMS],
+                   help=f"which claims (default: all): {', '.join(c.key for c in CLAIMS)}")
+    p.add_argument("--seeds", type=positive_int("must be at least 1, not {value}"),
+                   default=MIN_SEEDS, help="seeds per arm: 0..N-1")
+    p.add_argument("--no-train", dest="train", action="store_false",
+                   help="train nothing: write the results from the finished cells")
+    p.add_argument("--runs", default=str(ROOT.parent / "runs" / "claims"),
+                   help="folder of the cells' run folders")
+    p.add_argument("--results", default=str(ROOT / "eval" / "results" / "claims"),
+                   help="where claims.csv and claims.json go")
+    return p
+
+
+def published(cell: Cell) -> Optional[dict]:
+    """The shipped checkpoint whose recorded command trains ``cell``'s settings, as a row."""
+    from zoo.weights import MANIFEST_PATH, load_manifest
+
+    wanted = settings(cell.flags)
+    for entry in load_manifest(MANIFEST_PATH)["weights"]:
+        flags = recorded_flags(entry["recipe"]["command"])
+        if "--model" in flags and not differences(settings(flags), wanted):
+            return {"val_top1": entry["recipe"].get("val_top1"), "test_top1": entry["metrics"]["top1"],
+                    "test_images": entry["metrics"]["num_images"], "img_per_s": entry["recipe"].get("img_per_s"),
+                    "minutes": entry["recipe"].get("minutes"), "status": "ok",
+                    "source": f"published {entry['name']}", "command": entry["recipe"]["command"],
+                    "commit": entry["recipe"]["commit"]}
+    return None
+
+
+def cell_row(arm_: Arm, seed: int, args) -> Optional[dict]:
+    """The cell's row: from a published checkpoint, a finished run folder, or (with --train)
+    a run trained now; None where it is not finished and --no-train."""
+    from train.recipes import get_recipe
+    from zoo.evaluate import standard_error
+    from zoo.weights import read_metadata
+
+    cell = arm_.cell(seed)
+    row = {"arm": arm_.name, "model": cell.value("--model"), "seed": seed}
+    found = published(cell)
+    folder = Path(args.runs) / cell.name
+    if found is None and (args.train or (folder / "model.safetensors").is_file()
+                          or (folder / "diverged.json").is_file()):
+        trained = train_cell(cell, Path(args.runs), args.data, threads=os.cpu_count() or 1)
+        if trained["status"] != "ok":
+            return {**row, "status": f"diverged at epoch {trained['epoch']}, step {trained['step']}",
+                    "source": folder.name}
+        last, record = trained["rows"][-1], json.loads((folder / "recipe.json").read_text())
+        metrics = read_metadata(folder / "model.safetensors").get("metrics") or {}
+        found = {"val_top1": round(last["val_acc"], 2), "test_top1": metrics.get("top1"),
+                 "test_images": metrics.get("num_images"), "train_loss": round(last["train_loss"], 4),
+                 "img_per_s": round(statistics.median(r["img_per_s"] for r in trained["rows"])),
+                 "minutes": round(sum(r["seconds"] for r in trained["rows"]) / 60, 1),
+                 "status": "ok", "source": folder.name, "command": record["command"],
+                 "commit": record["commit"]}
+    if found is None:
+        return None
+    val_images = get_recipe(cell.value("--recipe")).val_images
+    se = None if found["val_top1"] is None else round(standard_error(found["val_top1"], val_images), 2)
+    return {**row, **found, "val_top1_se": se}
+
+
+def summary(claim: Claim, rows: list[dict], seeds: int) -> dict:
+    """A claim's figures from the cells' rows: each arm's mean and standard deviation, the
+    paired difference with its 95% interval, and the verdict."""
+    def values(arm_: Arm, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in rows
+                if r["arm"] == arm_.name and r.get("status") == "ok" and r.get(key) is not None}
+
+    out = {"key": claim.key, "title": claim.title, "paper": claim.paper, "kind": claim.kind,
+           "note": claim.note, "a": claim.a.name, "b": claim.b.name, "seeds_planned": seeds}
+    for side, arm_ in (("a", claim.a), ("b", claim.b)):
+        for key in ("val_top1", "test_top1"):
+            got = list(values(arm_, key).values())
+            out[f"{side}_{key}_n"] = len(got)
+            out[f"{side}_{key}_mean"] = round(statistics.mean(got), 2) if got else None
+            out[f"{side}_{key}_std"] = round(statistics.stdev(got), 2) if len(got) > 1 else None
+    a, b = values(claim.a, "val_top1"), values(claim.b, "val_top1")
+    diffs = [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+    out["n"] = len(diffs)
+    out["diff"] = round(statistics.mean(diffs), 2) if diffs else None
+    out["ci"] = None
+    if len(diffs) >= 2:
+        half = t95(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        out["ci"] = [round(out["diff"] - half, 2), round(out["diff"] + half, 2)]
+    out["verdict"] = verdict(claim.kind, out["ci"], len(diffs))
+    return out
+
+
+def verdict(kind: str, ci: Optional[list[float]], n: int) -> str:
+    if n < MIN_SEEDS or ci is None:
+        return f"pending: {n} of {MIN_SEEDS} paired seeds"
+    low, high = ci
+    if kind == "matches":
+        if -MARGIN <= low and high <= MARGIN:
+            return "holds"
+        if low > MARGIN or high < -MARGIN:
+            return "does not hold"
+    else:
+        if low > 0:
+            return "holds"
+        if high < 0:
+            return "does not hold"
+    return f"not resolved at n={n}"
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from zoo.cli import cpu_name, git_commit
+
+    unknown = [k for k in args.claims if k not in {c.key for c in CLAIMS}]
+    if unknown:
+        print(f"error: unknown claim {', '.join(map(repr, unknown))}; claims: "
+              f"{', '.join(c.key for c in CLAIMS)}", file=sys.stderr)
+        return 2
+    claims = [c for c in CLAIMS if c.key in args.claims]
+    # the cells' trainer runs in the project root: paths from here must hold there too
+    args.data, args.runs = str(Path(args.data).resolve()), str(Path(args.runs).resolve())
+    arms = list({a.name: a for c in claims for a in (c.a, c.b)}.values())
+    # seed by seed across arms: every claim gets its first pair before any gets its third
+    todo = [(a, s) for s in range(args.seeds) for a in arms]
+    try:
+        rows, invocations = run_grid(todo, lambda cell: cell_row(*cell, args), 1, Path(args.runs),
+                                     describe)
+    except GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows = sorted((r for r in rows if r is not None), key=lambda r: (r["arm"], r["seed"]))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / "claims.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    written = {
+        "command": "python eval/claims.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit(), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "seeds": args.seeds, "margin": MARGIN, "verdicts": VERDICTS,
+        "claims": [summary(c, rows, args.seeds) for c in claims]}
+    (results / "claims.json").write_text(json.dumps(written, indent=2) + "\n")
+    for c in written["claims"]:
+        print(f"{c['key']}: {c['verdict']} (n={c['n']}, difference {c['diff']}, 95% {c['ci']})")
+    print(f"wrote {results / 'claims.csv'} and claims.json ({len(rows)} cells finished of "
+          f"{len(todo)}); now python tools/update_docs.py")
+    return 0
+
+
+def describe(row: Optional[dict]) -> str:
+    if row is None:
+        return "not finished (--no-train)"
+    return " ".join(f"{k} {row.get(k)}" for k in ("arm", "seed", "val_top1", "test_top1", "source"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
