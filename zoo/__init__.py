@@ -10,8 +10,9 @@ Every model name is also a builder: ``zoo.resnet50_gn(num_classes=10)``. Pretrai
 """
 
 from . import models  # noqa: F401  (registers the architectures)
-from .norms import (NormSpec, create_norm, fuse_norms, get_norm, list_norms,
-                    prefers_channels_last, register_norm, replace_norms)
+from .norms import (FrozenNorms, NormSpec, create_norm, freeze_norms, fuse_norms, get_norm,
+                    list_norms, prefers_channels_last, recalibrate_norms, register_norm,
+                    replace_norms)
 from .norms.mimic import attach_weight_mean
 from .registry import (ArchSpec, create_model, get_arch, get_builder, list_archs, list_models,
                        parse_model_name, register_arch)
@@ -24,6 +25,7 @@ __all__ = [
     "create_model", "list_models", "list_archs", "list_norms", "parse_model_name",
     "get_builder", "get_arch", "get_norm", "register_arch", "register_norm",
     "create_norm", "replace_norms", "prefers_channels_last", "fuse_norms", "attach_weight_mean",
+    "recalibrate_norms", "freeze_norms", "FrozenNorms",
     "get_weight", "list_weights", "get_model_weights", "save_checkpoint", "read_checkpoint",
     "load_weights", "Weights", "WeightsError", "ArchSpec", "NormSpec", "push_to_hub",
     "__version__",

@@ -19,9 +19,11 @@ from .ilm import ILMNorm
 from .mimic import init_mimic
 from .norm_matters import (L1BatchNorm2d, LpBatchNorm2d, MeanBatchNorm2d, TopKBatchNorm2d,
                            apply_bounded_weight_norm)
+from .running_stats import FrozenNorms, freeze_norms, recalibrate_norms
 
 __all__ = ["NormSpec", "register_norm", "get_norm", "list_norms", "create_norm", "replace_norms",
-           "prefers_channels_last", "fuse_norms"]
+           "prefers_channels_last", "fuse_norms", "recalibrate_norms", "freeze_norms",
+           "FrozenNorms"]
 
 
 @dataclasses.dataclass(frozen=True)
