@@ -48,8 +48,9 @@ class EvalResult:
 
 def keeps_running_statistics(module: nn.Module) -> bool:
     """Whether a layer normalises with running statistics in eval mode (BatchNorm and the
-    Norm Matters batch norms: a ``running_mean`` buffer of its own)."""
-    return "running_mean" in module._buffers
+    Norm Matters batch norms: a ``running_mean`` buffer of its own; a BatchNorm without
+    ``track_running_stats`` holds None there)."""
+    return isinstance(module._buffers.get("running_mean"), torch.Tensor)
 
 
 def standard_error(top1: float, num_images: int) -> float:

@@ -182,6 +182,22 @@ def test_bad_input_gets_one_clear_error_and_keeps_the_statistics(batches, num_ba
     assert not any(m.training for m in model.modules())
 
 
+def test_a_layer_of_its_own_without_momentum_is_refused():
+    class Centre(nn.Module):  # a running mean, but none of BatchNorm's update conventions
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("running_mean", torch.zeros(3))
+
+        def forward(self, x):
+            return x - self.running_mean.view(1, 3, 1, 1)
+
+    model = nn.Sequential(nn.BatchNorm2d(3), Centre(), nn.BatchNorm2d(3, track_running_stats=False))
+    assert list(norms_with_statistics(model)) == ["0", "1"]  # "2" holds running_mean None
+    with pytest.raises(ValueError, match="layer '1' keeps running statistics but has no momentum"):
+        zoo.recalibrate_norms(model, random_batches(1))
+    assert torch.equal(model[0].running_var, torch.ones(3))
+
+
 # ---------------------------------------------------------------------------------------------
 # freeze_norms
 

@@ -4,7 +4,9 @@ The norms that keep running statistics are the batch norms: every ``nn.BatchNorm
 MimicNorm's logits norm) and the Norm Matters layers (``l1bn``, ``linfbn``, ``topkbn`` and
 ``lpbn`` keep ``running_mean`` and ``running_scale``; mean-only BN, in ``meanbn`` and ``bwn``,
 ``running_mean``). The per-sample norms (GroupNorm, InstanceNorm, LayerNorm, ILM-Norm) compute
-the same in training and eval mode and keep nothing.
+the same in training and eval mode and keep nothing. A layer of your own takes part when it
+has a ``running_mean`` buffer (and, to be recalibrated, BatchNorm's ``momentum`` and
+``reset_running_stats()``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from ..evaluate import keeps_running_statistics
 from .ilm import ILMNorm
-from .norm_matters import L1BatchNorm2d, LpBatchNorm2d, MeanBatchNorm2d, TopKBatchNorm2d
 
 __all__ = ["recalibrate_norms", "freeze_norms", "FrozenNorms", "norms_with_statistics"]
 
-_NORM_MATTERS = (L1BatchNorm2d, TopKBatchNorm2d, LpBatchNorm2d, MeanBatchNorm2d)
 _PER_SAMPLE = (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
                nn.InstanceNorm3d, ILMNorm)
 _WHICH = ("the norms that keep them are bn (nn.BatchNorm*, also MimicNorm's logits norm), "
@@ -32,9 +33,7 @@ _WHICH = ("the norms that keep them are bn (nn.BatchNorm*, also MimicNorm's logi
 
 def norms_with_statistics(model: nn.Module) -> dict[str, nn.Module]:
     """``model``'s norm layers that keep running statistics, by module name."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, _NORM_MATTERS)
-            or (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats)}
+    return {name: m for name, m in model.named_modules() if keeps_running_statistics(m)}
 
 
 @torch.no_grad()
@@ -53,9 +52,16 @@ def recalibrate_norms(model: nn.Module, batches: Iterable,
     if num_batches is not None and (type(num_batches) is not int or num_batches < 1):
         raise ValueError(f"num_batches must be a positive integer (or None for every batch), "
                          f"got {num_batches!r}")
-    layers = list(norms_with_statistics(model).values())
-    if not layers:
+    named = norms_with_statistics(model)
+    if not named:
         raise ValueError(f"the model has no norm with running statistics to re-estimate: {_WHICH}")
+    unknown = [name for name, m in named.items()
+               if not (hasattr(m, "momentum") and hasattr(m, "reset_running_stats"))]
+    if unknown:
+        raise ValueError(f"layer {unknown[0]!r} keeps running statistics but has no momentum "
+                         f"or reset_running_stats(), which recalibrate_norms sets and calls: give "
+                         f"it both, as nn.BatchNorm2d has them")
+    layers = list(named.values())
     device = layers[0].running_mean.device
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in layers}
@@ -151,6 +157,6 @@ def freeze_norms(model: nn.Module, freeze_affine: bool = True) -> FrozenNorms:
             for p in layer.parameters(recurse=False):
                 p.requires_grad_(False)
     per_sample = {name: type(m).__name__ for name, m in model.named_modules()
-                  if isinstance(m, _PER_SAMPLE)}
+                  if isinstance(m, _PER_SAMPLE) and name not in frozen}
     return FrozenNorms({name: type(m).__name__ for name, m in frozen.items()}, per_sample,
                        freeze_affine)
