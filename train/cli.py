@@ -27,10 +27,10 @@ RESUME_HELP = (
     "continue from OUT/checkpoint.pt. The command must repeat the run's --model, --recipe and "
     "its overrides (--epochs, --batch-size, --lr, --warmup-epochs, --amp, --zero-init-residual), --seed, "
     "--limit-train, data (the dataset and its number of training images), --num-classes, "
-    "--weights/--checkpoint (the same weights), --freeze-backbone and memory format "
-    "(--channels-last; by default the run's own); a mismatch is refused. These may change: "
-    "--data's path, --test-data, --device, --workers, --compile, --fused-norms, --sync-bn, --tag, "
-    "--register")
+    "--weights/--checkpoint (the same weights), --freeze-backbone, --freeze-norms and memory "
+    "format (--channels-last; by default the run's own); a mismatch is refused. These may change: "
+    "--data's path, --test-data, --device, --workers, --compile, --fused-norms, --sync-bn, "
+    "--recalibrate-norms, --tag, --register")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
                         "another size the head is new")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="train only the head (a linear probe); the backbone's norms stay in eval mode")
+    p.add_argument("--freeze-norms", action="store_true",
+                   help="fine-tuning at small batches: every norm with running statistics computes "
+                        "with them in training mode too and its affine parameters stay as loaded "
+                        "(zoo.freeze_norms); per-sample norms (gn, in, ln, ilm*) train as usual")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the recipe")
     p.add_argument("--batch-size", type=int, help="override the recipe (global batch)")
@@ -68,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
                         "L-inf and top-k BN; zoo.fuse_norms): the same formula at about "
                         "GroupNorm's / BatchNorm2d's speed, after a few seconds of compiling per "
                         "input shape")
+    p.add_argument("--recalibrate-norms", type=int, default=0, metavar="N",
+                   help="after the last epoch, re-estimate the norms' running statistics over N "
+                        "training batches (zoo.recalibrate_norms: precise BN) before the test "
+                        "figure and the export; prints the validation top-1 before and after "
+                        "(default 0: off)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun on GPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--limit-train", type=int, help="use only the first N training images (smoke runs)")

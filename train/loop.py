@@ -22,7 +22,7 @@ import zoo
 from zoo.cli import git_commit, rank
 from zoo.data import load_cifar
 from zoo.deprecation import moved_names
-from zoo.evaluate import rank_and_world
+from zoo.evaluate import keeps_running_statistics, rank_and_world
 from zoo.heads import new_head
 from zoo.progress import progress_bar
 from zoo.weights import sha256sum
@@ -80,6 +80,9 @@ class Run:
         base, self.adjustments = for_model(
             get_recipe(args.recipe), norm, keep=tuple(k for k, v in overrides.items() if v is not None))
         self.recipe = override(base, **overrides)
+        if args.recalibrate_norms < 0:
+            raise ValueError(f"--recalibrate-norms takes a number of training batches, not "
+                             f"{args.recalibrate_norms} (0 or left out: no recalibration)")
         if args.limit_train is not None and args.limit_train < 1:
             raise ValueError(f"--limit-train must be at least 1, not {args.limit_train} (leave it "
                              f"out to train on every image)")
@@ -92,6 +95,9 @@ class Run:
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         self.model = self._build_model()
+        if args.recalibrate_norms and not any(map(keeps_running_statistics, self.model.modules())):
+            raise ValueError(f"--recalibrate-norms: {args.model} has no norm with running "
+                             f"statistics to re-estimate (gn, in, ln and ilm* keep none)")
         zoo.fuse_norms(self.model, args.fused_norms)
         self.model.to(self.device)
         if args.channels_last:
@@ -115,7 +121,8 @@ class Run:
         --sync-bn on GPU), compiled with --compile."""
         args = self.args
         if torch.distributed.is_initialized():
-            if args.sync_bn and self.device.type == "cuda":
+            # frozen norms use no batch statistics: nothing to synchronise
+            if args.sync_bn and self.device.type == "cuda" and not args.freeze_norms:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -149,6 +156,9 @@ class Run:
             if args.freeze_backbone:
                 raise ValueError("--freeze-backbone needs --weights or --checkpoint: a trained "
                                  "backbone to keep")
+            if args.freeze_norms:
+                raise ValueError("--freeze-norms needs --weights or --checkpoint: trained norm "
+                                 "statistics to keep")
             self.start_weights = None
             return zoo.create_model(args.model, num_classes=num_classes,
                                     **({"zero_init_residual": True} if self.recipe.zero_init_residual else {}))
@@ -166,6 +176,8 @@ class Run:
                 p.requires_grad_(name.startswith(head))
             say(f"linear probe: training {', '.join(model.head_names())} only; the backbone is "
                 f"frozen and its norms stay in eval mode")
+        if args.freeze_norms:
+            self.adjustments.append(f"--freeze-norms: {zoo.freeze_norms(model)}")
         return model
 
     def _data(self) -> None:
@@ -351,6 +363,8 @@ class Run:
         """The test figure (CIFAR), then on rank 0 curves.png, model.safetensors, the Hub
         folder and, with --register, the manifest entry; the test metrics."""
         args = self.args
+        if args.recalibrate_norms:
+            self.recalibrate_norms(args.recalibrate_norms)
         metrics = (test_figure(self.model, args.test_data or args.data, self.dataset, self.device)
                    if self.dataset.startswith("cifar") else None)
         if rank() != 0:
@@ -359,6 +373,20 @@ class Run:
         export(self.model, self.folder, self.recipe, self.dataset, metrics, tag=args.tag,
                register=args.register)
         return metrics
+
+    def recalibrate_norms(self, num_batches: int) -> None:
+        """Precise BN: the norms' running statistics re-estimated over ``num_batches`` training
+        batches (a fresh epoch's order), as the plain average; the val top-1 before and after."""
+        before = self.validate()
+        with self.autocast():
+            layers = zoo.recalibrate_norms(
+                self.model, self.epoch_batches(self.recipe.epochs, 0), num_batches)
+        after = self.validate()
+        used = min(num_batches, self.steps_per_epoch)
+        change = (f": val top-1 {before['val_acc']:.2f}% -> {after['val_acc']:.2f}%" if before
+                  else " (no validation images to compare on)")
+        say(f"recalibrated the running statistics of {layers} norm layers over {used} training "
+            f"batches{change}")
 
 
 def _summed_over_processes(counts: list[float]) -> list[float]:

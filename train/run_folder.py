@@ -41,7 +41,8 @@ def must_match(args, recipe: Recipe, data: str, num_classes: int,
     return {"--model": args.model, "recipe": _settings(dataclasses.asdict(recipe)),
             "--seed": args.seed, "--limit-train": args.limit_train, "data": data,
             "--num-classes": num_classes, "--weights/--checkpoint": start_weights,
-            "--freeze-backbone": args.freeze_backbone, "--channels-last": args.channels_last}
+            "--freeze-backbone": args.freeze_backbone, "--freeze-norms": args.freeze_norms,
+            "--channels-last": args.channels_last}
 
 
 class RunFolder:

@@ -77,9 +77,10 @@ def test_resume_refuses_each_setting_the_run_must_keep(data_root, tmp_path, stop
         (["--amp"], ["--amp False in the run, True here"]),
         (["--channels-last" if not channels_last else "--no-channels-last"],
          [f"--channels-last {channels_last} in the run, {not channels_last} here"]),
-        (["--checkpoint", start, "--freeze-backbone"],
+        (["--checkpoint", start, "--freeze-backbone", "--freeze-norms"],
          [f"--weights/--checkpoint none in the run, sha256 {start_sha} here",
-          "--freeze-backbone False in the run, True here"]),
+          "--freeze-backbone False in the run, True here",
+          "--freeze-norms False in the run, True here"]),
     ]
     for extra, named in changes:
         assert train.loop.main(tiny(data_root, stopped_run, "--resume", *extra)) == 2

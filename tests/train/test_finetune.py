@@ -75,6 +75,23 @@ def test_linear_probe_leaves_the_backbone_bit_identical(data_root, tmp_path, cap
     assert losses[-1] < losses[0], losses
 
 
+def test_freeze_norms_keeps_every_norm_as_loaded_while_the_rest_trains(data_root, tmp_path, capsys):
+    shipped = load_file(zoo.get_model_weights("resnet20_bn").DEFAULT.fetch())
+    out = tmp_path / "frozen"
+    argv = ["--model", "resnet20_bn", "--recipe", "test_tiny", "--data", str(data_root / "cifar10"),
+            "--out", str(out), "--limit-train", 128, "--epochs", 1, "--weights", "DEFAULT",
+            "--freeze-norms"]
+    assert train.loop.main(list(map(str, argv))) == 0
+    assert ("+ --freeze-norms: froze 19 BatchNorm2d: running statistics in training mode too, "
+            "affine parameters frozen") in capsys.readouterr().out
+    after = load_file(out / "model.safetensors")
+    norms = [f"{name}.{key}" for name, m in zoo.create_model("resnet20_bn").named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d) for key in m.state_dict()]
+    assert len(norms) == 19 * 5  # weight, bias, running mean and var, num_batches_tracked
+    assert all(torch.equal(after[k], shipped[k]) for k in norms)
+    assert not torch.equal(after["conv1.weight"], shipped["conv1.weight"])  # the rest trained
+
+
 @pytest.fixture(scope="module")
 def mimic_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
@@ -113,6 +130,7 @@ def test_mimic_fine_tuning_keeps_filters_zero_mean_and_the_probe_keeps_them(
 
 @pytest.mark.parametrize("extra, data, message", [
     (["--freeze-backbone"], "cifar100", "--freeze-backbone needs --weights or --checkpoint"),
+    (["--freeze-norms"], "cifar100", "--freeze-norms needs --weights or --checkpoint"),
     (["--weights", "DEFAULT", "--num-classes", 10], "cifar100", "--num-classes 10, but"),
     (["--weights", "DEFAULT", "--checkpoint", "x.safetensors"], "cifar100", "not both"),
     (["--weights", "nope"], "cifar100", "nope"),

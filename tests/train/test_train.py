@@ -12,6 +12,7 @@ import json
 import statistics
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import train.data
 import train.loop
 import zoo
 from train.data import CifarTrainBatches, _crop_flip
+from train.finish import score
 from train.loop import lr_lambda, param_groups
 from train.recipes import NORM_MATTERS, RECIPES, for_model, get_recipe, override
 from zoo.data import CIFAR_MEAN, CIFAR_STD, load_cifar
@@ -413,6 +415,40 @@ def test_tiny_run_learns_and_exports(norm, data_root, cifar, tmp_path, temp_mani
         before = F.cross_entropy(initial.train()(x), y).item()
         after = F.cross_entropy(model.train()(x), y).item()
     assert after < before, (before, after)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precise BN: --recalibrate-norms
+
+def test_recalibrate_norms_re_estimates_the_statistics_it_exports(data_root, cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.loop.main(tiny_args("resnet20_l1bn", data_root, out, "--limit-train", 192,
+                                     "--epochs", 1, "--no-fused-norms", "--recalibrate-norms", 2)) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r"recalibrated the running statistics of 19 norm layers over 2 training "
+                      r"batches: val top-1 (\S+)% -> (\S+)%", printed)
+    assert found, printed
+    trained, exported = checkpoint(out)["model"], load_file(out / "model.safetensors")
+    running = [k for k in exported if ".running_" in k]
+    assert len(running) == 19 * 2 and all(not torch.equal(trained[k], exported[k]) for k in running)
+    # the figures printed are the trained model's (the log's) and the exported model's
+    assert found[1] == f"{rows(out)[-1]['val_acc']:.2f}"
+    model = zoo.create_model("resnet20_l1bn", weights=out / "model.safetensors")
+    val = score(model, cifar.images[128:192], cifar.labels[128:192], "val", torch.device("cpu"),
+                channels_last=zoo.prefers_channels_last(model))
+    assert found[2] == f"{val.top1:.2f}"
+
+
+@pytest.mark.parametrize("model, count, message", [
+    ("resnet20_gn", 2, "--recalibrate-norms: resnet20_gn has no norm with running statistics"),
+    ("resnet20_bn", -1, "--recalibrate-norms takes a number of training batches, not -1"),
+])
+def test_recalibrate_norms_refuses_before_training(data_root, tmp_path, capsys, model, count, message):
+    out = tmp_path / "run"
+    assert train.loop.main(tiny_args(model, data_root, out, "--limit-train", 128,
+                                     "--recalibrate-norms", count)) == 2
+    assert message in error_line(capsys)
+    assert not (out / "log.jsonl").exists()
 
 
 # ---------------------------------------------------------------------------------------------
