@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # What a finished cell must share with the cell asked for (the trainer's own --resume rule,
 # applied to finished runs too); paths and speed flags may differ.
 SETTINGS = ("model", "seed", "limit_train", "num_classes", "weights", "checkpoint",
-            "freeze_backbone")
+            "freeze_backbone", "freeze_norms", "recalibrate_norms")
 
 
 class GridError(Exception):
