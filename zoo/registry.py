@@ -107,7 +107,7 @@ def create_model(
     progress: bool = True,
     norm_kwargs: Optional[dict] = None,
     features_only: bool = False,
-    out_indices: Optional[Sequence[int]] = None,
+    out_indices: Union[int, Sequence[int], None] = None,
     **kwargs,
 ) -> nn.Module:
     """Build a model by name: ``create_model("resnet50_gn")``, ``create_model("resnet56", norm="gn")``.
@@ -124,7 +124,8 @@ def create_model(
         norm_kwargs: overrides of the norm's own arguments, e.g. ``{"eps": 1e-3}``.
         features_only: return the stages' feature maps instead (a list, as timm's
             ``features_only``), with ``feature_info``: each stage's module, channels, reduction.
-        out_indices: which stages ``features_only`` returns (default: all).
+        out_indices: which stages ``features_only`` returns, in this order (default: all):
+            stage indices, negative from the end, or an int n for the last n (timm's).
         **kwargs: architecture options, e.g. ``zero_init_residual=True`` for ResNets.
 
     With weights and a different ``num_classes`` everything but the classifier (and a
