@@ -199,7 +199,8 @@ class ImageNetVal(torch.utils.data.Dataset):
         try:
             with Image.open(path) as img:
                 image = img.convert("RGB")  # grayscale, CMYK, palette -> RGB
-        except (OSError, ValueError, SyntaxError) as e:
+        # A decompression bomb (over twice PIL's MAX_IMAGE_PIXELS) is none of PIL's usual errors.
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             if self.strict:
                 raise ValueError(f"unreadable image {path}: {e}") from None
             return torch.zeros(3, self.crop, self.crop), -1, i

@@ -1,12 +1,15 @@
 """eval/validate.py, zoo.evaluate.ImageNetVal and eval/check_manifest.py given careless input
-(issue 17: D9): one ``error: ...`` line and exit status 2 before evaluating, and the
+(issue 17: D9; issue 29: H14): one ``error: ...`` line and exit status 2 before evaluating, and the
 results printed even where writing them fails."""
 
 import json
 import shutil
+import struct
+import zlib
 
 import pytest
 import torch
+from PIL import Image
 
 import zoo
 from zoo.data import IMAGENET_MEAN, IMAGENET_STD
@@ -124,25 +127,62 @@ def test_an_empty_folder_or_a_file_is_called_what_it_is(tmp_path):
         ImageNetVal(tmp_path / "notes.txt", None, 64)
 
 
-def test_the_split_counts_only_the_images_scored(data_root, tmp_path, capsys):
+def _one_class_val(data_root, tmp_path):
+    """An ImageNet val tree of one class holding one real image, and a small 1,000-class
+    checkpoint to score it with (the CLI takes any checkpoint's classes)."""
     folder = tmp_path / "val" / "n01440764"
     folder.mkdir(parents=True)
     shutil.copy(data_root / "imagenet" / "val" / "n01440764" / "ILSVRC2012_val_00023559.JPEG",
                 folder / "a.JPEG")
-    (folder / "b.JPEG").write_bytes(b"\xff\xd8\xff not a jpeg")
-    torch.manual_seed(0)  # a small 1,000-class model: the CLI takes any checkpoint's classes
+    torch.manual_seed(0)
     small = {"input_size": [3, 32, 32], "resize": 36, "crop": 32, "interpolation": "bilinear",
              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    small_ckpt = zoo.save_checkpoint(zoo.create_model("resnet20_gn", num_classes=1000),
+    checkpoint = zoo.save_checkpoint(zoo.create_model("resnet20_gn", num_classes=1000),
                                      tmp_path / "r20-1k.safetensors", tag="t",
                                      dataset="imagenet-1k", preprocessing=small)
-    rc, out, err = _validate(capsys, "imagenet", "--checkpoint", small_ckpt, "--data",
+    return folder, checkpoint
+
+
+def _one_image_scored(capsys, folder, checkpoint, tmp_path, unreadable):
+    """Validate ``folder``'s tree: ``unreadable`` reported by path, the real image scored."""
+    rc, out, err = _validate(capsys, "imagenet", "--checkpoint", checkpoint, "--data",
                              folder.parent, "-j", "0", "--device", "cpu", "--results-file",
                              tmp_path / "r.json", "--results-format", "json")
     assert rc == 0, err
-    assert f"1 unreadable image(s), not scored: {folder / 'b.JPEG'}" in out
+    assert f"1 unreadable image(s), not scored: {unreadable}" in out
     (row,) = json.loads((tmp_path / "r.json").read_text())
     assert (row["images"], row["split"]) == (1, "imagenet-1k val (1 images)")
+
+
+def test_the_split_counts_only_the_images_scored(data_root, tmp_path, capsys):
+    folder, checkpoint = _one_class_val(data_root, tmp_path)
+    (folder / "b.JPEG").write_bytes(b"\xff\xd8\xff not a jpeg")
+    _one_image_scored(capsys, folder, checkpoint, tmp_path, folder / "b.JPEG")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# H14: a decompression bomb is an unreadable image
+
+def test_a_decompression_bomb_is_reported_as_unreadable(data_root, tmp_path, capsys):
+    """A 13400x13400 1-bit PNG (a few KB of zeros) is over twice PIL's pixel limit, so PIL
+    refuses to decode it: reported by path and not scored, as any unreadable image."""
+    folder, checkpoint = _one_class_val(data_root, tmp_path)
+    side = 13400
+    rows = zlib.compress(bytes(1 + side // 8) * side, 9)  # each row: filter 0, then 8 pixels a byte
+    bomb = folder / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + _png_chunk(b"IDAT", rows) + _png_chunk(b"IEND", b""))
+    assert bomb.stat().st_size < 100_000 and side * side > 2 * Image.MAX_IMAGE_PIXELS
+    _one_image_scored(capsys, folder, checkpoint, tmp_path, bomb)
+
+    rc, out, err = _validate(capsys, "imagenet", "--checkpoint", checkpoint, "--data",
+                             folder.parent, "-j", "0", "--device", "cpu", "--strict")
+    assert rc == 2
+    one_error_line(err, f"unreadable image {bomb}: ", "decompression bomb")
 
 
 def test_check_manifest_names_a_missing_data_folder_once(registered_manifest, tmp_path, capsys):
