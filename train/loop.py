@@ -70,6 +70,9 @@ class Run:
 
     def __init__(self, args):
         self.args = args
+        if not args.out.strip():  # Path("") is the current folder: the repo root, say
+            raise ValueError(f"--out {args.out!r} names no folder; pass the run folder, e.g. "
+                             f"--out runs/{args.model}")
         self.out = Path(args.out)
         self.folder = RunFolder(self.out)
         self.device = torch.device(args.device)

@@ -283,3 +283,16 @@ def test_a_read_only_out_is_refused_before_training(data_root, capsys):
         assert list(folder.iterdir()) == []
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# H15 (issue 29): an empty --out would be the current folder
+
+@pytest.mark.parametrize("out", ["", "   "])
+def test_an_empty_out_is_refused_before_anything_is_written(data_root, tmp_path, monkeypatch,
+                                                           capsys, out):
+    monkeypatch.chdir(tmp_path)  # where an empty --out would train
+    assert train.loop.main(tiny(data_root, out)) == 2
+    assert f"--out {out!r} names no folder; pass the run folder, e.g. --out runs/" \
+           in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
