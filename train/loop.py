@@ -31,7 +31,7 @@ from .cli import command_line, parse_args, say
 from .data import CifarTrainBatches, imagenet_train_loader
 from .finish import export, plot_curves, score, test_figure
 from .recipes import Recipe, for_model, get_recipe, override
-from .run_folder import RunFolder, must_match
+from .run_folder import DiskFullError, RunFolder, must_match
 
 __all__ = ["Run", "main", "parse_args", "param_groups", "lr_lambda"]
 
@@ -408,7 +408,7 @@ def _num_classes(dataset: str) -> int:
 
 def main(argv=None) -> int:
     """``python -m train``, in a process group under torchrun: 0 for a run that ended or
-    stopped as asked, 2 (one error line) for one refused or diverged."""
+    stopped as asked, 2 (one error line) for one refused, diverged or out of disk space."""
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -421,7 +421,8 @@ def main(argv=None) -> int:
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         Run(args).fit()
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, zoo.WeightsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, DiskFullError,
+            zoo.WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

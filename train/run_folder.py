@@ -1,7 +1,8 @@
 """A run's folder and its resume record.
 
 The folder holds recipe.json (how the run started, and each resume), log.jsonl (a row per
-epoch) and checkpoint.pt (written atomically every epoch). A new run needs a folder without
+epoch) and checkpoint.pt (every epoch); recipe.json and checkpoint.pt are written whole or not
+at all, so a full disk (DiskFullError) leaves them as they were. A new run needs a folder without
 another run's files; a ``--resume`` must find this run's checkpoint and repeat the settings
 the run must keep (``RESUME_HELP``), each change refused by name with both values.
 """
@@ -9,13 +10,14 @@ the run must keep (``RESUME_HELP``), each change refused by name with both value
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shlex
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -33,6 +35,15 @@ CHECKPOINT_KEYS = {"epoch", "step", "model", "optimizer", "scheduler", "scaler",
 RECIPE_FLAGS = {"name": "--recipe", "epochs": "--epochs", "batch_size": "--batch-size",
                 "lr": "--lr", "warmup_epochs": "--warmup-epochs", "amp": "--amp",
                 "zero_init_residual": "--zero-init-residual"}
+
+
+class DiskFullError(Exception):
+    """A run file that could not be written for lack of space; the file is as it was."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"the disk is full: could not write {path} (it is as it was, and no "
+                         f"partial copy is left); free some space, then run again (--resume "
+                         f"continues from the last checkpoint.pt)")
 
 
 def must_match(args, recipe: Recipe, data: str, num_classes: int,
@@ -99,7 +110,8 @@ class RunFolder:
             record["resumed"] = first.get("resumed", []) + [
                 {"command": record["command"], "commit": record["commit"]}]
             record["command"], record["commit"] = first["command"], first["commit"]
-        (self.path / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+        text = json.dumps(record, indent=2) + "\n"
+        self._replace(self.path / "recipe.json", lambda tmp: tmp.write_text(text))
 
     def append_log(self, row: dict) -> None:
         with open(self.path / "log.jsonl", "a") as f:
@@ -110,10 +122,27 @@ class RunFolder:
         return [json.loads(line) for line in (self.path / "log.jsonl").read_text().splitlines()]
 
     def save_checkpoint(self, state: dict) -> None:
-        """checkpoint.pt, atomically: written beside it, then renamed over it."""
-        tmp = self.path / ".checkpoint.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        """checkpoint.pt, atomically (``_replace``)."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # through Python's file: a full disk is ENOSPC, not torch's RuntimeError
+                torch.save(state, f)
+
+        self._replace(self.checkpoint, write)
+
+    @staticmethod
+    def _replace(path: Path, write: Callable[[Path], None]) -> None:
+        """``path`` written whole or not at all: ``write`` fills .NAME.tmp beside it, which is
+        then renamed over it. On any failure the temp file goes and ``path`` stays as it was;
+        a full disk is DiskFullError."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException as e:  # Ctrl-C too: no partial file stays behind
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise DiskFullError(path) from None
+            raise
 
     def read_checkpoint(self, must_match: dict) -> dict:
         """The checkpoint a --resume continues from, once it is known to be this run's: a

@@ -1,5 +1,6 @@
-"""``python -m train`` given careless input (issue 17: D3, D4, D8): each mistake ends in one
-``error:`` line and exit status 2, before any training, and loses nothing.
+"""``python -m train`` given careless input (issue 17: D3, D4, D8; issue 29: H9, H15): each
+mistake ends in one ``error:`` line and exit status 2, before any training, and loses nothing;
+so does a full disk, during training.
 
 The trainer runs in-process on one thread with ResNet-20, the ``test_tiny`` recipe and 128
 real CIFAR-10 images (64 of them held out): 2 steps an epoch. Run folders live under
@@ -7,6 +8,7 @@ tmp_path, except the read-only one (see ``read_only_folder``).
 """
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -296,3 +298,54 @@ def test_an_empty_out_is_refused_before_anything_is_written(data_root, tmp_path,
     assert f"--out {out!r} names no folder; pass the run folder, e.g. --out runs/" \
            in error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# H9 (issue 29): a full disk during training
+
+def _full_disk() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _save_on_full_disk(obj, f, *args, **kwargs):
+    """torch.save on a full disk: the first bytes written, then ENOSPC."""
+    if hasattr(f, "write"):
+        f.write(b"PK\x03\x04" + bytes(1000))
+    else:
+        Path(f).write_bytes(b"PK\x03\x04" + bytes(1000))
+    raise _full_disk()
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "recipe.json"])
+def test_a_full_disk_is_one_line_and_the_run_still_resumes(data_root, stopped_run, monkeypatch,
+                                                           capsys, name):
+    """The resume's checkpoint save (after its epoch) or its rewrite of recipe.json (before
+    training) hits a full disk: one line naming the file, the file as it was, no temp file
+    left, and the run resumes once there is space."""
+    before = files(stopped_run)
+    write_text = Path.write_text
+
+    def write_text_on_full_disk(path, text, *args, **kwargs):
+        if "recipe.json" not in path.name:
+            return write_text(path, text, *args, **kwargs)
+        write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise _full_disk()
+
+    with monkeypatch.context() as patch:
+        if name == "checkpoint.pt":
+            patch.setattr(torch, "save", _save_on_full_disk)
+        else:
+            patch.setattr(Path, "write_text", write_text_on_full_disk)
+        assert train.loop.main(tiny(data_root, stopped_run, "--resume")) == 2
+    line = error_line(capsys)
+    assert f"the disk is full: could not write {stopped_run / name} (" in line
+    after = files(stopped_run)
+    assert after.keys() == before.keys()  # no temp file left
+    assert after[name] == before[name] and after["log.jsonl"] == before["log.jsonl"]
+
+    # a temp file an older version's failed save left behind is no obstacle either
+    (stopped_run / ".checkpoint.pt.tmp").write_bytes(b"PK\x03\x04" + bytes(1000))
+    assert train.loop.main(tiny(data_root, stopped_run, "--resume")) == 0
+    assert capsys.readouterr().err == ""
+    assert epochs_logged(stopped_run) == [1, 2] and (stopped_run / "model.safetensors").is_file()
+    assert not (stopped_run / ".checkpoint.pt.tmp").exists()
