@@ -3,6 +3,7 @@
     python eval/imagenet_val.py --model resnet50_ilm --checkpoint ilm.safetensors --data DIR
     python eval/imagenet_val.py --model 'resnet*' --weights DEFAULT --data DIR
     python eval/cifar_val.py --model 'resnet20_*' --weights DEFAULT --data ../shared/data/cifar10
+    python eval/cifar_val.py --model 'resnet20_*' --weights DEFAULT --download   # into the cache
 
 Each checkpoint is compared with the figure recorded for it (its manifest entry, or a
 bare file's own metadata): more than --tolerance points below it on the same split exits
@@ -27,7 +28,7 @@ from zoo.data import load_cifar
 from zoo.evaluate import ImageNetVal, cifar_batches, evaluate, imagenet_loader, split_name
 from zoo.progress import progress_bar
 from zoo.preprocessing import default_preprocessing, eval_transforms
-from zoo.weights import WeightsError, read_metadata
+from zoo.weights import WeightsError, cache_dir, read_metadata
 
 COLUMNS = ("model", "weights", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size",
            "crop_pct", "interpolation", "images", "img_per_sec", "split", "recorded_top1",
@@ -41,8 +42,11 @@ def parse_args(argv, dataset: str):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="'DEFAULT', a tag or 'model.tag' from the manifest")
     src.add_argument("--checkpoint", help="a NormZoo .safetensors file or Hub-ready folder")
-    p.add_argument("--data", required=True, help="ImageNet val folder (tree of wnid folders, or flat "
-                   "with --ground-truth)" if dataset == "imagenet" else "CIFAR folder (python layout)")
+    p.add_argument("--data", required=dataset == "imagenet",
+                   help="ImageNet val folder (tree of wnid folders, or flat with --ground-truth)"
+                   if dataset == "imagenet" else "CIFAR folder (python layout)")
+    if dataset == "cifar":
+        cli.add_download_argument(p)
     if dataset == "imagenet":
         p.add_argument("--ground-truth", help="for a flat folder: lines 'ILSVRC2012_val_00000001.JPEG 65'")
         p.add_argument("--strict", action="store_true", help="an unreadable image is fatal")
@@ -218,7 +222,14 @@ def main(argv=None, dataset: str = "imagenet") -> int:
         if not todo:
             raise ValueError(f"no model matching {args.model!r} has published weights; "
                              f"evaluate your own file with --checkpoint")
-        cifar = load_cifar(args.data, "test") if dataset == "cifar" else None
+        cifar = None
+        if dataset == "cifar":
+            if args.download:
+                args.data = cli.downloaded_cifar(args.data, args.download, cache_dir())
+            if not args.data:
+                raise ValueError("pass --data, a CIFAR folder (python layout), or --download to "
+                                 "fetch CIFAR-10 (--download cifar100: CIFAR-100)")
+            cifar = load_cifar(args.data, "test")
         for name, weights in todo:
             rows.append(run_one(name, weights, args, dataset, cifar, say))
             r = rows[-1]

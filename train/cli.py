@@ -1,6 +1,7 @@
 """``python -m train``: train a zoo model with a named recipe; resumable, seeded, exported.
 
     python -m train --model resnet20_ilm --recipe cifar10_cpu --data ../shared/data/cifar10 --out runs/r20_ilm
+    python -m train --model resnet20_ilm --recipe cifar10_cpu --download --out runs/r20_ilm   # CIFAR-10 into the cache
     torchrun --nproc_per_node=2 -m train ...       # DDP: gloo on CPU, nccl on GPU
 
 The run folder holds recipe.json, log.jsonl (one row per epoch), curves.png,
@@ -18,7 +19,7 @@ import sys
 
 import torch
 
-from zoo.cli import rank
+from zoo.cli import add_download_argument, rank
 
 from .recipes import RECIPES
 
@@ -38,7 +39,9 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a zoo model name, e.g. resnet20_ilm")
     p.add_argument("--recipe", default="cifar10_cpu", help=f"one of: {', '.join(RECIPES)}")
-    p.add_argument("--data", required=True, help="CIFAR folder (python layout) or ImageNet train tree")
+    p.add_argument("--data", help="CIFAR folder (python layout) or ImageNet train tree (CIFAR: or "
+                                  "--download)")
+    add_download_argument(p)
     p.add_argument("--out", required=True, help="run folder (created; resumed with --resume)")
     p.add_argument("--resume", action="store_true", help=RESUME_HELP)
     p.add_argument("--weights", help="start from published weights (fine-tuning): DEFAULT, a tag or model.tag")

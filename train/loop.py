@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.cli import git_commit, rank
+from zoo.cli import downloaded_cifar, git_commit, rank
 from zoo.data import load_cifar
 from zoo.deprecation import moved_names
 from zoo.evaluate import keeps_running_statistics, rank_and_world
 from zoo.heads import new_head
 from zoo.progress import progress_bar
-from zoo.weights import sha256sum
+from zoo.weights import cache_dir, sha256sum
 
 from .cli import command_line, parse_args, say
 from .data import CifarTrainBatches, imagenet_train_loader
@@ -186,6 +186,11 @@ class Run:
     def _data(self) -> None:
         r, args = self.recipe, self.args
         if r.dataset.startswith("cifar"):
+            if args.download:
+                args.data = downloaded_cifar(args.data, args.download, cache_dir())
+            if not args.data:
+                raise ValueError("pass --data, a CIFAR folder (python layout), or --download to "
+                                 "fetch CIFAR-10 (--download cifar100: CIFAR-100)")
             train = load_cifar(args.data, "train")
             self.dataset = "cifar100" if len(train.classes) == 100 else "cifar10"
             self.train_images = len(train.labels)
@@ -207,6 +212,9 @@ class Run:
             if self.steps_per_epoch == 0:
                 raise ValueError(f"{cut} training images make no batch of {r.batch_size}")
         else:
+            if args.download or not args.data:
+                raise ValueError(f"recipe {r.name} trains on ImageNet, which --download does not "
+                                 f"fetch: pass --data, the ImageNet train tree")
             self.dataset, self.val = "imagenet", None
             self.loader, self.sampler = imagenet_train_loader(args.data, r.batch_size, args.workers,
                                                               seed=args.seed)

@@ -3,6 +3,7 @@
 The model gets its default pretrained weights when it has any (shipped with the package,
 so this works offline); otherwise it is untrained, seeded, and scores near chance. The
 run shows the model, its norm and weights, its predictions, its accuracy and its speed.
+Without the CIFAR-10 folder, ``--download`` fetches it into NormZoo's cache first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 import zoo
 import zoo.weights
-from zoo.cli import positive_int
+from zoo.cli import add_download_argument, downloaded_cifar, positive_int
 from zoo.data import load_cifar
 from zoo.preprocessing import default_preprocessing, eval_transforms
 
@@ -32,8 +33,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20_bn", help="a CIFAR model name (default: %(default)s)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA),
-                        help="folder with cifar-10-batches-py/ (default: %(default)s)")
+    parser.add_argument("--data", help=f"folder with cifar-10-batches-py/ (default: {DEFAULT_DATA}, "
+                                       f"or with --download the cache folder)")
+    add_download_argument(parser)
     parser.add_argument("--limit", type=positive_int(), default=1000,
                         help="images to classify (default: %(default)s)")
     parser.add_argument("-b", "--batch-size", type=positive_int(), default=250)
@@ -48,6 +50,9 @@ def main(argv=None) -> int:
         if zoo.get_arch(arch).dataset != "cifar":
             raise ValueError(f"{args.model} is an ImageNet model; this demo classifies CIFAR images: "
                              f"pick a CIFAR model from zoo.list_models('resnet20_*')")
+        if args.download:
+            args.data = downloaded_cifar(args.data, args.download, zoo.weights.cache_dir())
+        args.data = args.data or str(DEFAULT_DATA)
         data = load_cifar(args.data, "test")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

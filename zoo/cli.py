@@ -1,5 +1,6 @@
-"""Helpers shared by NormZoo's command-line tools: argparse types, the machine a run measured
-on, this process's rank, an exception's message as one line, and the commit the code is at."""
+"""Helpers shared by NormZoo's command-line tools: argparse types, CIFAR's ``--download``, the
+machine a run measured on, this process's rank, an exception's message as one line, and the
+commit the code is at."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Callable, Optional
 
 import torch
 
+from .data import CIFAR_DOWNLOADS, download_cifar
 from .evaluate import rank_and_world
 
-__all__ = ["positive_int", "cpu_name", "machine", "rank", "first_line", "one_line", "git_commit"]
+__all__ = ["positive_int", "add_download_argument", "downloaded_cifar", "cpu_name", "machine", "rank", "first_line", "one_line", "git_commit"]
 
 
 def positive_int(message: str = "must be a positive whole number, got {text!r}", *,
@@ -31,6 +33,27 @@ def positive_int(message: str = "must be a positive whole number, got {text!r}",
         return value
 
     return _positive
+
+
+def add_download_argument(parser: argparse.ArgumentParser) -> None:
+    """``--download [cifar10|cifar100]`` (downloaded_cifar)."""
+    parser.add_argument(
+        "--download", nargs="?", const="cifar10", choices=CIFAR_DOWNLOADS,
+        help="fetch CIFAR-10 (or the dataset named) with torchvision's download, about 170 MB, "
+             "into --data or, without --data, into the cache folder $NORMZOO_CACHE/data/<dataset> "
+             "(default ~/.cache/normzoo/data/<dataset>); a folder that holds it already is used "
+             "as it is")
+
+
+def downloaded_cifar(data: Optional[str], dataset: str, cache: Path) -> str:
+    """``--download``'s folder: ``data``, or without it ``cache``/data/``dataset``, where rank
+    0 fetches the dataset (zoo.data.download_cifar) while the other processes wait."""
+    root = Path(data) if data else cache / "data" / dataset
+    if rank() == 0:
+        download_cifar(root, dataset)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return str(root)
 
 
 def cpu_name() -> str:

@@ -2,25 +2,32 @@
 
 CIFAR-10/100 come as pickles in the "python version" layout; a pickle can run code,
 so they are read with an unpickler that builds only numpy arrays and plain containers.
+``download_cifar`` fetches them with torchvision's download (never its unpickling reader).
 """
 
 from __future__ import annotations
 
 import functools
 import pickle
+import tarfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["CifarSplit", "load_cifar", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+__all__ = ["CifarSplit", "load_cifar", "download_cifar", "CIFAR_DOWNLOADS", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
            "CIFAR10_CLASSES", "imagenet_classes", "categories"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What download_cifar fetches, and where the command lines' --download puts it without
+# --data: a folder of the dataset's name under zoo.weights.cache_dir() / "data".
+CIFAR_DOWNLOADS = ("cifar10", "cifar100")
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck"]
@@ -107,7 +114,9 @@ def load_cifar(root: Union[str, Path], split: str = "test") -> CifarSplit:
     else:
         raise FileNotFoundError(
             f"{root} holds no CIFAR data: expected the python layout (cifar-10-batches-py/ or "
-            f"cifar-100-python/ as extracted from https://www.cs.toronto.edu/~kriz/cifar.html)"
+            f"cifar-100-python/ as extracted from https://www.cs.toronto.edu/~kriz/cifar.html); "
+            f"python -m zoo, python -m train and eval/cifar_val.py fetch it with --download "
+            f"(zoo.data.download_cifar in Python)"
         )
     classes = _read_pickle(meta, (names_key,))[names_key]
     images, labels = [], []
@@ -128,3 +137,34 @@ def load_cifar(root: Union[str, Path], split: str = "test") -> CifarSplit:
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ValueError(f"{root}: labels outside 0..{len(classes) - 1}")
     return CifarSplit(torch.cat(images), labels, list(classes))
+
+
+def download_cifar(root: Union[str, Path], dataset: str = "cifar10") -> Path:
+    """Fetch CIFAR-10 or CIFAR-100 (``dataset``) into ``root`` with torchvision's download:
+    its URL and its md5 of the archive, which is removed once extracted. ``root`` then holds
+    ``cifar-10-batches-py/`` or ``cifar-100-python/`` for load_cifar; one that holds the
+    dataset's files already is left as it is. ``root``, or ValueError saying what failed."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    if dataset not in CIFAR_DOWNLOADS:
+        raise ValueError(f"only {' and '.join(CIFAR_DOWNLOADS)} can be downloaded, not {dataset!r}")
+    source = CIFAR10 if dataset == "cifar10" else CIFAR100
+    root = Path(root)
+    files = [name for name, _ in source.train_list + source.test_list] + [source.meta["filename"]]
+    # Presence, not torchvision's md5s: a re-serialised copy (as ../shared/data) reads the same.
+    if all((root / source.base_folder / name).is_file() for name in files):
+        return root
+    archive = root / source.filename
+    fetched = not archive.exists()  # an archive the user put there stays
+    try:
+        download_and_extract_archive(source.url, root, filename=source.filename,
+                                     md5=source.tgz_md5, remove_finished=fetched)
+    except (OSError, RuntimeError, EOFError, tarfile.TarError, zlib.error) as e:
+        if fetched:
+            archive.unlink(missing_ok=True)  # a partial or corrupt download
+        reason = ("its md5 is not the one torchvision expects: a corrupt or incomplete download"
+                  if isinstance(e, RuntimeError) else str(e))
+        raise ValueError(f"could not download {dataset} from {source.url} into {root} ({reason}); "
+                         f"run again, or extract {source.filename} there yourself") from None
+    return root
