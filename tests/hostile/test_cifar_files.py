@@ -161,6 +161,10 @@ def test_download_fetches_cifar_into_the_cache_once(command, cifar_mirror, check
     rc, out, err = run("--data", nowhere)
     assert rc == 2
     one_error_line(err, f"{nowhere} holds no CIFAR data", command, "with --download")
+    if command != "python -m zoo":  # the demo's default is ../shared/data/cifar10
+        rc, out, err = run()
+        assert rc == 2
+        one_error_line(err, "pass --data, a CIFAR folder (python layout), or --download")
     assert cifar_mirror.requests == []
 
     rc, out, err = run("--download")
@@ -173,7 +177,7 @@ def test_download_fetches_cifar_into_the_cache_once(command, cifar_mirror, check
     if command == "python -m zoo":
         assert f"data:  {cached}, test split, 20 images, 10 classes" in out
     # written: the cache, and the trainer's run folder; nothing else
-    assert {p.name for p in tmp_path.iterdir()} <= {"cache", "run2"}
+    assert {p.name for p in tmp_path.iterdir()} <= {"cache", f"run{len(runs)}"}
 
     asked = len(cifar_mirror.requests)
     assert download_cifar(cached) == cached and len(cifar_mirror.requests) == asked  # there already
