@@ -3,6 +3,10 @@
 ``HEAD/GET /{repo_id}/resolve/{revision}/{filename}`` answers with what huggingface_hub
 requires (``X-Repo-Commit``, ``ETag``, ``Content-Length``); ``GET /mirror/{filename}`` is a
 plain static file. Tests put files in ``server.files`` and read ``server.requests``.
+
+Any other request (the Hub's API: ``POST /api/repos/create``, ...) is answered from
+``server.api``, keyed by its path: a body, sent with status 200, or ``NEVER`` for a server
+that takes the request and never answers (until the server stops). Unlisted paths get 404.
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ import hashlib
 import http.server
 import re
 import threading
+from typing import Optional
 
+NEVER = None  # server.api's value for a path the server never answers
+# How long a NEVER request is held at most: a client without a timeout fails, never hangs.
+_HOLD_S = 60
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")
 
 
@@ -20,6 +28,8 @@ class FakeHub:
         self.files: dict[tuple[str, str, str], bytes] = {}  # (repo_id, revision, filename)
         self.mirror: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        self.api: dict[str, Optional[bytes]] = {}
+        self._stopping = threading.Event()
         hub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,6 +41,20 @@ class FakeHub:
 
             def do_GET(self):
                 self._answer(body=True)
+
+            def do_POST(self):
+                hub.requests.append((self.command, self.path))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?", 1)[0]
+                if path in hub.api and hub.api[path] is NEVER:
+                    hub._stopping.wait(_HOLD_S)
+                    self.close_connection = True
+                    return
+                data = hub.api.get(path)
+                self.send_response(404 if data is None else 200)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
 
             def _answer(self, body: bool):
                 hub.requests.append((self.command, self.path))
@@ -70,5 +94,6 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # lets NEVER requests go
         self.server.shutdown()
         self.server.server_close()
