@@ -17,8 +17,8 @@ from torch import nn
 from .features import FeatureMaps
 from .heads import check_num_classes
 from .norms import NormSpec, get_norm, list_norms
-from .weights import (Weights, WeightsError, load_weights, read_metadata, resolve_weights,
-                      set_model_name_parser, weights_of)
+from .weights import (Weights, WeightsError, check_metadata_options, load_weights, read_metadata,
+                      resolve_weights, set_model_name_parser, weights_of)
 
 __all__ = [
     "ArchSpec", "register_arch", "get_arch", "list_archs", "list_models",
@@ -149,6 +149,8 @@ def create_model(
         if saved.get("model", full_name) != full_name:
             raise WeightsError(f"{source} holds weights of {saved['model']}, not {full_name}; "
                                f"use create_model({saved['model']!r}, weights=...)")
+        if not isinstance(source, Weights):  # a file's word, not the manifest's: checked first
+            check_metadata_options(source, saved, arch.options, spec.kwargs)
         saved_norm_kwargs = saved.get("norm_kwargs", {})
         if norm_kwargs and {**saved_norm_kwargs, **norm_kwargs} != saved_norm_kwargs:
             raise WeightsError(f"the weights were trained with norm_kwargs={saved_norm_kwargs}; "

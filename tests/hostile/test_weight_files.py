@@ -14,6 +14,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import requests
@@ -25,6 +26,8 @@ import zoo
 import zoo.hub
 import zoo.weights
 from zoo.weights import WeightsError, write_manifest
+
+from conftest import one_error_line
 
 # One torch thread (the tiny models gain nothing from more); one process, even under torchrun.
 pytestmark = pytest.mark.usefixtures("one_thread", "not_distributed")
@@ -440,3 +443,184 @@ def test_save_checkpoint_is_byte_reproducible(tmp_path, ckpt):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 29: the Hugging Face cache, the manifest's link, hf-hub: revisions, lying metadata
+
+
+def _doctored(src: Path, dest: Path, metadata: Optional[dict] = None, **changes) -> Path:
+    """``src``'s tensors under other metadata: ``metadata`` as given, or ``src``'s with
+    ``changes`` (None drops a field; a dict or list is JSON-encoded as save_checkpoint does)."""
+    if metadata is None:
+        with safe_open(str(src), framework="pt") as f:
+            metadata = dict(f.metadata())
+        for field, value in changes.items():
+            if value is None:
+                metadata.pop(field)
+            else:
+                metadata[field] = value if isinstance(value, str) else json.dumps(value)
+    save_file(load_file(str(src)), str(dest), metadata=metadata or None)
+    return dest
+
+
+def _hub_at(monkeypatch, hub, tmp_path) -> Path:
+    """huggingface_hub in this process downloads from the loopback hub into a new cache."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_home" / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    return cache
+
+
+@pytest.mark.parametrize("target", ["a blob of the cache", "a user's file outside the cache"])
+def test_bad_hf_cache_copy_removes_only_what_the_cache_holds(target, tmp_path, monkeypatch, ckpt,
+                                                             entry):
+    """H1 was: the snapshot pointer's final target was unlinked wherever it lay, so a pointer
+    to a user's own file deleted that file."""
+    from huggingface_hub import constants
+
+    _use_manifest(tmp_path, monkeypatch, dict(entry, revision=COMMIT))
+    hub_cache = tmp_path / "hf_home" / "hub"
+    repo = hub_cache / f"models--{entry['hub_repo_id'].replace('/', '--')}"
+    pointer = repo / "snapshots" / COMMIT / "model.safetensors"
+    bad = (repo / "blobs" / ckpt["sha256"] if target == "a blob of the cache"
+           else tmp_path / "mine" / "model.safetensors")
+    bad.parent.mkdir(parents=True)
+    pointer.parent.mkdir(parents=True)
+    bad.write_bytes(_tampered(ckpt["bytes"]))
+    pointer.symlink_to(os.path.relpath(bad, pointer.parent))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    with pytest.raises(WeightsError) as raised:
+        zoo.create_model(MODEL, weights="DEFAULT", progress=False)
+    assert f"Hugging Face cache file {pointer}: sha256" in str(raised.value)
+    assert not pointer.is_symlink()  # the bad pointer goes either way
+    assert bad.exists() == (target == "a user's file outside the cache")
+
+
+def test_manifest_written_through_a_link_updates_the_linked_file(tmp_path, monkeypatch, ckpt):
+    """H4 was: os.replace turned the repo root's weights_manifest.json link into a regular
+    file, and the package's manifest beside it stayed stale."""
+    real = tmp_path / "pkg" / "weights_manifest.json"
+    real.parent.mkdir()
+    real.write_text(json.dumps({"schema_version": 1, "weights": []}))
+    link = tmp_path / "root" / "weights_manifest.json"
+    link.parent.mkdir()
+    link.symlink_to(os.path.relpath(real, link.parent))
+    monkeypatch.setenv("NORMZOO_MANIFEST", str(link))
+
+    zoo.hub.register(ckpt["path"], ship=True)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert [e["name"] for e in json.loads(real.read_text())["weights"]] == [WEIGHTS_NAME]
+    shipped = real.parent / "pretrained" / f"{WEIGHTS_NAME}.safetensors"
+    assert shipped.read_bytes() == ckpt["bytes"]  # beside the manifest the link names
+    assert sorted(p.name for p in link.parent.iterdir()) == ["weights_manifest.json"]
+    assert zoo.get_weight(WEIGHTS_NAME).fetch(progress=False).resolve() == shipped.resolve()
+
+
+@pytest.mark.parametrize("revision", ["x/../../../../outside/file", "/etc/passwd", "main\\x",
+                                      "main\0x"])
+def test_hf_hub_revision_that_leaves_the_cache_is_refused(revision, tmp_path, monkeypatch, ckpt,
+                                                          hub):
+    """H5 was: the revision went to huggingface_hub unchecked, which wrote the commit hash
+    into refs/<revision>, a path that '..' took out of the cache."""
+    from urllib.parse import quote
+
+    _use_manifest(tmp_path, monkeypatch)
+    _hub_at(monkeypatch, hub, tmp_path)
+    hub.files[("owner/name", quote(revision, safe=""), "model.safetensors")] = ckpt["bytes"]
+    with pytest.raises(WeightsError) as raised:
+        zoo.create_model(MODEL, weights=f"hf-hub:owner/name@{revision}", progress=False)
+    message = str(raised.value)
+    assert "\n" not in message and "the revision must be a branch, tag or commit" in message
+    assert hub.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no cache, nothing outside
+
+
+@pytest.mark.parametrize("metadata, via", [("none", "path"), ("no model field", "path"),
+                                           ("none", "hf-hub")])
+def test_checkpoint_that_does_not_name_its_model_is_refused(metadata, via, tmp_path, monkeypatch,
+                                                            checkpoint, hub):
+    """H6 was: a file without metadata, or without 'model', loaded into any model its tensors
+    fit (resnet20_gn's into resnet20_ln), and over hf-hub: the log said it was checked."""
+    file = _doctored(checkpoint, tmp_path / "model.safetensors",
+                     {"format": "pt"} if metadata == "none" else None,
+                     **({} if metadata == "none" else {"model": None}))
+    weights = file
+    if via == "hf-hub":
+        _use_manifest(tmp_path, monkeypatch)
+        _hub_at(monkeypatch, hub, tmp_path)
+        hub.files[("owner/name", "main", "model.safetensors")] = file.read_bytes()
+        weights = "hf-hub:owner/name"
+    with pytest.raises(WeightsError) as raised:
+        zoo.create_model("resnet20_ln", weights=weights, progress=False)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "does not name its model" in message and "zoo.save_checkpoint" in message
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_classes", "100000000"),
+    ("preprocessing", {"input_size": [3, 60000, 60000], "resize": None, "crop": 60000,
+                       "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}),
+    ("model_kwargs", {"no_such_option": 1}),
+    ("norm_kwargs", {"eps": "x", "momentum": 0.1}),
+])
+def test_lying_metadata_is_refused_before_anything_is_built(field, value, tmp_path, monkeypatch,
+                                                            ckpt, manifest, capsys):
+    """H10 was: the model was built (25 GB for 1e8 classes) or its GMACs counted (at 60000 px)
+    before anything was checked, and unknown or mistyped options gave raw TypeErrors."""
+    real_linear, real_gmacs = torch.nn.Linear.__init__, zoo.hub.count_gmacs
+
+    def bounded_linear(self, in_features, out_features, *args, **kwargs):  # the test's guard
+        assert out_features <= 10 ** 6, f"built a Linear with {out_features} outputs"
+        real_linear(self, in_features, out_features, *args, **kwargs)
+
+    def bounded_gmacs(model, input_size):
+        assert max(input_size) <= 4096, f"counted GMACs at {input_size}"
+        return real_gmacs(model, input_size)
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", bounded_linear)
+    monkeypatch.setattr(zoo.hub, "count_gmacs", bounded_gmacs)
+    file = _doctored(ckpt["path"], tmp_path / "lying.safetensors", **{field: value})
+    with pytest.raises(WeightsError) as raised:
+        zoo.create_model(MODEL, weights=file)
+    assert str(raised.value).startswith(f"{file}: metadata field {field!r} ")
+    before = manifest.read_bytes()
+    capsys.readouterr()
+    assert zoo.hub.main(["register", str(file)]) == 2
+    one_error_line(capsys.readouterr().err, f"{file}: metadata field {field!r} ")
+    assert manifest.read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["offline, cold cache", "a repo of pickles only",
+                                  "a 300-character file name"])
+def test_weights_messages_say_what_to_do(case, tmp_path, monkeypatch, ckpt, hub):
+    """H15 was: 'check your Internet connection' with HF_HUB_OFFLINE set, a bare '404 Entry Not
+    Found' for a repo without model.safetensors, an OSError traceback for a long name."""
+    from huggingface_hub import constants
+
+    _use_manifest(tmp_path, monkeypatch)
+    _hub_at(monkeypatch, hub, tmp_path)
+    weights, expected = "hf-hub:owner/name", []
+    if case == "offline, cold cache":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        expected = ["not in the Hugging Face cache", "HF_HUB_OFFLINE is set", "unset"]
+    elif case == "a repo of pickles only":
+        hub.files[("owner/name", "main", "pytorch_model.bin")] = b"pickle bytes"
+        expected = ["has no model.safetensors", "never pickles", "python -m zoo.convert"]
+    else:
+        weights = str(tmp_path / ("x" * 300 + ".safetensors"))
+        expected = ["File name too long"]
+    with pytest.raises(WeightsError) as raised:
+        zoo.create_model(MODEL, weights=weights, progress=False)
+    message = str(raised.value)
+    assert "\n" not in message, message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)

@@ -28,21 +28,23 @@ from .api import (HF_HUB_PREFIX, Weights, get_model_weights, get_weight, list_we
                   load_weights, resolve_weights, weights_of)
 from .errors import WeightsError, short_list
 from .fetch import cache_dir
-from .files import (HUB_FILENAME, checkpoint_file, read_checkpoint, read_metadata,
-                    save_checkpoint, sha256sum)
+from .files import (HUB_FILENAME, MAX_IMAGE_SIDE, check_metadata_options, checkpoint_file,
+                    read_checkpoint, read_metadata, save_checkpoint, sha256sum)
 from .manifest import (ENTRY_KEYS, MANIFEST_PATH, METRICS_KEYS, PREPROCESSING_KEYS, RECIPE_KEYS,
                        SCHEMA_VERSION, UNPUBLISHED, ManifestEntry, Metrics, Preprocessing, Recipe,
-                       load_manifest, manifest_path, set_model_name_parser, split_model_name,
+                       load_manifest, manifest_lock, manifest_path,
+                       set_model_name_parser, split_model_name,
                        validate_manifest, write_manifest)
 
 __all__ = [
     "Weights", "WeightsError", "get_weight", "list_weights", "get_model_weights", "weights_of",
     "resolve_weights", "load_weights", "HF_HUB_PREFIX",
     "save_checkpoint", "read_checkpoint", "read_metadata", "checkpoint_file", "sha256sum",
+    "check_metadata_options", "MAX_IMAGE_SIDE",
     "HUB_FILENAME", "cache_dir", "short_list",
     "ManifestEntry", "Preprocessing", "Metrics", "Recipe", "ENTRY_KEYS", "PREPROCESSING_KEYS",
     "METRICS_KEYS", "RECIPE_KEYS", "MANIFEST_PATH", "SCHEMA_VERSION", "UNPUBLISHED",
-    "manifest_path", "load_manifest", "validate_manifest", "write_manifest",
+    "manifest_path", "manifest_lock", "load_manifest", "validate_manifest", "write_manifest",
     "set_model_name_parser", "split_model_name",
 ]
 

@@ -195,11 +195,16 @@ def resolve_weights(model: str, weights: Any, pretrained: bool,
         return _from_hub_ref(weights[len(HF_HUB_PREFIX):], progress)
     elif isinstance(weights, os.PathLike) or (isinstance(weights, str) and _looks_like_path(weights)):
         path = Path(weights).expanduser()
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as err:  # a name too long for the file system, say
+            raise WeightsError(f"weights file {path} cannot be looked up ({err.strerror}); "
+                               f"pass the path of an existing file") from None
+        if not exists:
             hint = (f"; for a Hugging Face Hub repo write weights='{HF_HUB_PREFIX}{weights}'"
                     if is_hub_repo_id(weights) else "")
             raise WeightsError(f"weights file {path} does not exist{hint}")
-        return path
+        return _names_its_model(path)
     elif isinstance(weights, str):
         available = weights_of(model)
         if weights == "DEFAULT":
@@ -235,25 +240,59 @@ def _from_hub_ref(ref: str, progress: bool) -> Union[Weights, Path]:
     if not is_hub_repo_id(repo_id) or (at and not revision):
         raise WeightsError(f"{HF_HUB_PREFIX}{ref} is not '{HF_HUB_PREFIX}owner/name' or "
                            f"'{HF_HUB_PREFIX}owner/name@revision'")
+    # huggingface_hub writes the commit into refs/<revision> in its cache: no '..' or '/' may
+    # take that path out of it (git refs never hold '..', a leading '/' or a backslash either)
+    if ".." in revision or revision.startswith("/") or "\\" in revision or "\0" in revision:
+        raise WeightsError(f"{HF_HUB_PREFIX}{ref!r}: the revision must be a branch, tag or commit "
+                           f"(no '..', leading '/', backslash or NUL), e.g. "
+                           f"'{HF_HUB_PREFIX}{repo_id}@main'")
     path = manifest_path()
     for entry in load_manifest(path)["weights"]:
         if entry["hub_repo_id"] == repo_id and revision in ("", entry["revision"]):
             _log.info("%s%s is %s in NormZoo's manifest: verified by its sha256",
                       HF_HUB_PREFIX, ref, entry["name"])
             return Weights(entry, path.parent)
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError
+
     try:
         file = hub_download(repo_id, HUB_FILENAME, revision or None, progress)
     except Exception as err:  # HTTP, connection (httpx or requests) and cache errors alike
-        raise WeightsError(f"could not get {HUB_FILENAME} of {HF_HUB_PREFIX}{ref}: "
-                           f"{one_line(err, 500)}") from None
-    _log.warning("%s%s is not in NormZoo's manifest, so no sha256 pins it: loaded %s, checked "
-                 "against its own metadata only", HF_HUB_PREFIX, ref, file)
+        if constants.HF_HUB_OFFLINE:
+            reason = (f"it is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                      f"HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or copy a "
+                      f"cache that holds it into HF_HOME")
+        elif isinstance(err, EntryNotFoundError):
+            reason = (f"the repo has no {HUB_FILENAME}, and NormZoo loads only safetensors, "
+                      f"never pickles; convert its checkpoint with python -m zoo.convert and "
+                      f"pass the file, or ask its owner for a {HUB_FILENAME}")
+        else:
+            reason = one_line(err, 500)
+        raise WeightsError(f"could not get {HUB_FILENAME} of {HF_HUB_PREFIX}{ref}: {reason}") from None
+    _names_its_model(file)
+    _log.warning("%s%s is not in NormZoo's manifest, so no sha256 pins it: loaded %s, whose "
+                 "metadata says it holds %s; its tensors are checked against that model's "
+                 "only", HF_HUB_PREFIX, ref, file, read_metadata(file)["model"])
     return file
 
 
+def _names_its_model(path: Path) -> Path:
+    """``path``, once its metadata names the model its tensors are; without that nothing
+    checks they belong to the model they would be loaded into (other norms' tensors fit)."""
+    if "model" not in read_metadata(path):
+        raise WeightsError(f"{checkpoint_file(path)} does not name its model in its metadata, so "
+                           f"nothing checks its tensors are this model's; save it with "
+                           f"zoo.save_checkpoint, or import it with python -m zoo.convert")
+    return path
+
+
 def _looks_like_path(text: str) -> bool:
-    return (text.endswith(".safetensors") or os.sep in text or "/" in text
-            or text.startswith(("~", ".")) or Path(text).exists())
+    if text.endswith(".safetensors") or os.sep in text or "/" in text or text.startswith(("~", ".")):
+        return True
+    try:
+        return Path(text).exists()
+    except OSError:  # too long a name, say: resolve_weights says so as it looks the path up
+        return True
 
 
 def _none_published(model: str) -> str:

@@ -107,7 +107,7 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
         if _verified(Path(cached), e, tried, "Hugging Face cache file"):
             _log.info("%s: the Hugging Face cache, %s (sha256 verified)", w.name, cached)
             return Path(cached)
-        if not _remove_hub_file(Path(cached), tried):
+        if not _remove_hub_file(Path(cached), e["hub_repo_id"], tried):
             return None  # hf_hub_download would hand back the same bad file
     if constants.HF_HUB_OFFLINE:
         tried.append(f"{where}: not in the cache and HF_HUB_OFFLINE is set")
@@ -122,7 +122,7 @@ def _from_hub(w: Weights, progress: bool, tried: list[str]) -> Optional[Path]:
             _log.info("%s: downloaded from the Hugging Face Hub, %s@%s, to %s (sha256 "
                       "verified)", w.name, e["hub_repo_id"], e["revision"][:12], path)
             return path
-        if not _remove_hub_file(path, tried):
+        if not _remove_hub_file(path, e["hub_repo_id"], tried):
             return None
     return None
 
@@ -136,13 +136,20 @@ def hub_download(repo_id: str, filename: str, revision: Optional[str], progress:
         return Path(hf_hub_download(repo_id, filename, revision=revision, library_name="normzoo"))
 
 
-def _remove_hub_file(pointer: Path, tried: list[str]) -> bool:
-    """Remove a bad cached Hub file: the snapshot pointer and the blob it points to. False,
-    with the reason and the fix in ``tried``, where the cache is read-only."""
+def _remove_hub_file(pointer: Path, repo_id: str, tried: list[str]) -> bool:
+    """Remove a bad cached Hub file: the snapshot pointer, and the blob it points to if that
+    is one of the repo's blobs in the cache (a pointer edited to name a file elsewhere, a
+    user's own, leaves that file alone). False, with the reason and the fix in ``tried``,
+    where the cache is read-only."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    blobs = Path(constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id, repo_type="model"),
+                 "blobs").resolve()
     blob = pointer.resolve()
     try:
         pointer.unlink(missing_ok=True)
-        if blob != pointer:
+        if blob.parent == blobs:
             blob.unlink(missing_ok=True)
     except OSError as err:  # PermissionError, or a read-only file system
         tried.append(f"Hugging Face cache file {pointer}: cannot remove this bad copy "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -19,6 +20,9 @@ from ..preprocessing import default_preprocessing
 from .errors import WeightsError
 
 HUB_FILENAME = "model.safetensors"  # the checkpoint's name in a Hub repo or Hub-ready folder
+# The largest image side a checkpoint's preprocessing may ask for: a lie of 60000 would have
+# evaluation and GMAC counts allocate tens of gigabytes.
+MAX_IMAGE_SIDE = 1024
 
 
 def sha256sum(path: Union[str, Path]) -> str:
@@ -107,6 +111,7 @@ def read_metadata(path: Union[str, Path]) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
+            shapes = [f.get_slice(k).get_shape() for k in f.keys()]
     except Exception as e:  # safetensors raises its own error types for non-safetensors bytes
         raise WeightsError(_not_safetensors(path, e)) from None
     meta = dict(raw)
@@ -123,7 +128,46 @@ def read_metadata(path: Union[str, Path]) -> dict:
             raise WeightsError(_bad_metadata(path, "num_classes", f"must be a non-negative "
                                              f"integer, not {meta['num_classes']!r}"))
         meta["num_classes"] = int(meta["num_classes"])
+        rows = sorted({shape[0] for shape in shapes if len(shape) == 2})  # linear layers' outputs
+        if meta["num_classes"] and meta["num_classes"] not in rows:
+            raise WeightsError(_bad_metadata(path, "num_classes", f"is {meta['num_classes']}, but "
+                                             f"no linear layer in the file has that many outputs "
+                                             f"({', '.join(map(str, rows)) or 'none'})"))
+    sides = meta.get("preprocessing", {})
+    sides = [*sides.get("input_size", [])[1:], sides.get("crop"), sides.get("resize")]
+    if any(isinstance(x, (int, float)) and x > MAX_IMAGE_SIDE for x in sides):
+        raise WeightsError(_bad_metadata(path, "preprocessing", f"asks for images of "
+                                         f"{max(x for x in sides if isinstance(x, (int, float)))} "
+                                         f"pixels a side; at most {MAX_IMAGE_SIDE} are allowed"))
     return meta
+
+
+def check_metadata_options(path: Union[str, Path], meta: dict, options: Iterable[str],
+                           norm_kwargs: dict) -> None:
+    """WeightsError, before a model is built, where a checkpoint's metadata gives an
+    architecture option outside ``options``, or a norm argument that the norm (its defaults,
+    ``norm_kwargs``) lacks or of another type than the default's."""
+    unknown = sorted(set(meta.get("model_kwargs", {})) - set(options))
+    if unknown:
+        raise WeightsError(_bad_metadata(Path(path), "model_kwargs", f"gives {', '.join(unknown)}, "
+                                         f"which the model does not take (it takes: "
+                                         f"{', '.join(options) or 'none'})"))
+    for key, value in meta.get("norm_kwargs", {}).items():
+        if key not in norm_kwargs:
+            problem = f"gives {key}, which the norm does not take (it takes: {', '.join(norm_kwargs) or 'none'})"
+        elif not _same_kind(value, norm_kwargs[key]):
+            problem = f"gives {key}={value!r}, not a {type(norm_kwargs[key]).__name__}"
+        else:
+            continue
+        raise WeightsError(_bad_metadata(Path(path), "norm_kwargs", problem))
+
+
+def _same_kind(value, default) -> bool:
+    """Whether ``value`` can stand where the norm's default ``default`` does (an int for a float)."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return default is None or type(value) is type(default)
+    kinds = (int,) if isinstance(default, int) else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _bad_metadata(path: Path, field: str, problem: str) -> str:

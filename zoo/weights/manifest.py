@@ -4,15 +4,17 @@ writing validates it and replaces the file atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import shutil
 from pathlib import Path, PureWindowsPath
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 from .errors import WeightsError
 from .files import HUB_FILENAME, temp_beside
@@ -151,6 +153,8 @@ def _entry_problems(entry: Mapping[str, Any]) -> list[str]:
             problems.append(f"{field} must be a positive integer")
     if not isinstance(entry["default"], bool):
         problems.append("default must be true or false")
+    if isinstance(entry["metrics"], dict) and not _key_problems(entry["metrics"], METRICS_KEYS, ""):
+        problems += _metrics_problems(entry["metrics"])
     if entry["notes"] is not None and not (isinstance(entry["notes"], str) and entry["notes"].strip()):
         problems.append("notes must be null or a non-empty string")
     if entry["mirror_url"] is not None and not str(entry["mirror_url"]).startswith(("https://", "http://")):
@@ -168,6 +172,21 @@ def _entry_problems(entry: Mapping[str, Any]) -> list[str]:
                         f"'pretrained/{entry['name']}.safetensors' ('/'-separated, no '..', '.', "
                         f"leading '/', drive or backslash), not {entry['shipped']!r}")
     return problems
+
+
+def _metrics_problems(metrics: Mapping[str, Any]) -> list[str]:
+    problems = [f"metrics.{k} must be a percentage from 0 to 100, not {metrics[k]!r}"
+                for k in ("top1", "top5") if not _is_number(metrics[k]) or not 0 <= metrics[k] <= 100]
+    if isinstance(metrics["num_images"], bool) or not isinstance(metrics["num_images"], int) \
+            or metrics["num_images"] < 1:
+        problems.append(f"metrics.num_images must be a positive integer, not {metrics['num_images']!r}")
+    if not (isinstance(metrics["split"], str) and metrics["split"].strip()):
+        problems.append(f"metrics.split must name the images measured, not {metrics['split']!r}")
+    return problems
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _keys(schema: type) -> tuple[str, ...]:
@@ -195,8 +214,21 @@ def is_hub_repo_id(text: Any) -> bool:
 
 
 def manifest_path() -> Path:
-    """The manifest in use: ``$NORMZOO_MANIFEST`` if set (tests, forks), else the package's."""
-    return Path(os.environ.get("NORMZOO_MANIFEST") or MANIFEST_PATH)
+    """The manifest in use: ``$NORMZOO_MANIFEST`` if set (tests, forks), else the package's;
+    links resolved, so it is written, and its shipped copies found, where the file lies (the
+    repo root's weights_manifest.json is a link into zoo/)."""
+    return Path(os.environ.get("NORMZOO_MANIFEST") or MANIFEST_PATH).resolve()
+
+
+@contextlib.contextmanager
+def manifest_lock(path: Union[str, Path, None] = None) -> Iterator[None]:
+    """One process at a time changes the manifest: hold this from reading it to writing it
+    (a lock file beside it, ``weights_manifest.json.lock``)."""
+    from filelock import FileLock
+
+    path = Path(path).resolve() if path is not None else manifest_path()
+    with FileLock(path.with_name(f"{path.name}.lock")):
+        yield
 
 
 def load_manifest(path: Union[str, Path, None] = None) -> dict:
@@ -288,8 +320,9 @@ def write_manifest(manifest: dict, path: Union[str, Path, None] = None) -> Path:
     problems = validate_manifest(manifest)
     if problems:
         raise WeightsError("refusing to write an invalid manifest:\n  " + "\n  ".join(problems))
-    path = Path(path) if path is not None else manifest_path()
-    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # resolved: os.replace onto a link would replace the link, not the file it names
+    path = Path(path).resolve() if path is not None else manifest_path()
+    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
 
