@@ -15,29 +15,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import HfApi, get_session, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
 try:  # huggingface_hub >= 1.0 passes its HTTP client's connection errors through unwrapped
-    from httpx2 import HTTPError as _ClientError
+    from httpx2 import HTTPError as _ClientError, Timeout, TimeoutException
 except ImportError:  # before 1.0 they were requests' errors, which are OSErrors
-    _ClientError = OSError
+    _ClientError, Timeout, TimeoutException = OSError, None, None
 
 from .cli import first_line
 from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, ManifestEntry,
-                      Weights, WeightsError, get_weight, load_manifest, manifest_path,
-                      read_metadata, sha256sum, write_manifest)
+                      Weights, WeightsError, get_weight, load_manifest, manifest_lock,
+                      manifest_path, read_metadata, sha256sum, write_manifest)
+from .weights.files import temp_beside
 
 DEFAULT_ORG = "normzoo"
+# Seconds publish waits for the Hub to answer (each connect, read or write, not the whole
+# upload); huggingface_hub's own client waits forever.
+HUB_TIMEOUT_S = 60.0
 GITHUB_REPO = "org/normzoo"
 LICENSE = "mit"
 
@@ -133,29 +139,54 @@ def register(path: Union[str, Path], *, default: bool = False, ship: bool = Fals
     """Add or replace the checkpoint's manifest entry; ``ship`` copies it into the package.
 
     The first weights of a model become its default; ``default=True`` moves the default.
+    Nothing is written before the entry is valid; registers in other processes wait for the
+    manifest's lock and keep each other's entries; a shipped copy replaces the old one only
+    once the manifest that pins it is written.
     """
     manifest_file = manifest_path()
-    data = load_manifest(manifest_file)
     name = read_metadata(path).get("name")
-    previous = next((e for e in data["weights"] if e["name"] == name), None)
+    previous = _entry_named(load_manifest(manifest_file), name)
     entry = make_entry(path, hub_repo_id=hub_repo_id, mirror_url=mirror_url, previous=previous)
-    same_model = [e for e in data["weights"] if e["model"] == entry["model"] and e["name"] != name]
-    entry["default"] = default or (previous or {}).get("default", False) or not same_model
-    if entry["default"]:
-        for e in same_model:
-            e["default"] = False
+    shipped = Path("pretrained") / f"{entry['name']}.safetensors"
     if ship:
-        shipped = Path("pretrained") / f"{entry['name']}.safetensors"
-        (manifest_file.parent / shipped).parent.mkdir(parents=True, exist_ok=True)
-        if Path(path).resolve() != (manifest_file.parent / shipped).resolve():
-            shutil.copyfile(path, manifest_file.parent / shipped)
         entry["shipped"] = shipped.as_posix()
-    if previous is not None:
-        data["weights"][data["weights"].index(previous)] = entry  # keeps its place: pretrained=True is pinned
-    else:
-        data["weights"].append(entry)
-    write_manifest(data, manifest_file)
+    problems = ManifestEntry.problems(entry)
+    if problems:
+        raise WeightsError(f"{path} cannot be registered: {'; '.join(problems)}. Save it again "
+                           f"with zoo.save_checkpoint")
+    with manifest_lock(manifest_file):
+        data = load_manifest(manifest_file)  # again: another register may have written since
+        current = _entry_named(data, name)
+        if current != previous:  # its revision or mirror may have changed meanwhile
+            entry = dict(make_entry(path, hub_repo_id=hub_repo_id, mirror_url=mirror_url,
+                                    previous=current), shipped=entry["shipped"])
+        same_model = [e for e in data["weights"] if e["model"] == entry["model"] and e["name"] != name]
+        entry["default"] = default or (current or {}).get("default", False) or not same_model
+        if entry["default"]:
+            for e in same_model:
+                e["default"] = False
+        if current is not None:
+            data["weights"][data["weights"].index(current)] = entry  # keeps its place: pretrained=True is pinned
+        else:
+            data["weights"].append(entry)
+        target = manifest_file.parent / shipped
+        if not ship or Path(path).resolve() == target.resolve():
+            write_manifest(data, manifest_file)
+            return entry
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temp_beside(target)
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out)
+            write_manifest(data, manifest_file)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return entry
+
+
+def _entry_named(manifest: dict, name: Optional[str]) -> Optional[dict]:
+    return next((e for e in manifest["weights"] if e["name"] == name), None)
 
 
 def check_files() -> list[str]:
@@ -391,6 +422,10 @@ def _token() -> str:
 def _upload(w: Weights, folder: Path, repo_id: str, token: str, private: bool = False) -> str:
     """Create the repo if needed, upload ``folder`` in one commit and tag it; the commit id."""
     api = HfApi(token=token)
+    session = get_session()  # huggingface_hub's shared client: its timeout, for this upload only
+    no_timeout = session.timeout if Timeout is not None else None
+    if Timeout is not None:
+        session.timeout = Timeout(HUB_TIMEOUT_S)
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True,
                         **({"private": True} if private else {}))
@@ -399,13 +434,28 @@ def _upload(w: Weights, folder: Path, repo_id: str, token: str, private: bool = 
                                                   f"{w.entry['sha256'][:16]})")
         api.create_tag(repo_id, tag=f"{w.tag}-{w.entry['sha256'][:8]}", revision=commit.oid,
                        repo_type="model", exist_ok=True)
-    except (OSError, _ClientError) as e:  # HfHubHTTPError is both
-        reason = (first_line(e) or type(e).__name__).rstrip(".")
+    except (OSError, _ClientError, json.JSONDecodeError) as e:  # HfHubHTTPError is both of the first
+        if TimeoutException is not None and isinstance(e, TimeoutException):
+            reason = f"no answer in {HUB_TIMEOUT_S:g} s"
+        elif isinstance(e, json.JSONDecodeError):
+            reason = "it answered with something that is not JSON (is HF_ENDPOINT the Hub's API?)"
+        else:
+            reason = (first_line(e) or type(e).__name__).rstrip(".")
         raise WeightsError(
             f"could not publish {w.name} to {repo_id} on {api.endpoint}: {reason}. The manifest "
             f"is unchanged; check the network, HF_ENDPOINT and that the token may write to "
             f"{repo_id} (`hf auth whoami`), then publish again") from None
+    finally:
+        if Timeout is not None:
+            session.timeout = no_timeout
     return commit.oid
+
+
+def _stop(signum, frame):
+    """SIGTERM ends the command as Ctrl-C would: the temporary folders' cleanup runs."""
+    print(f"error: stopped by {signal.Signals(signum).name}; run the command again to finish it",
+          file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def main(argv=None) -> int:
@@ -433,6 +483,7 @@ def main(argv=None) -> int:
     sub.add_parser("check", help="recompute every entry's file figures")
     args = parser.parse_args(argv)
 
+    on_sigterm = signal.signal(signal.SIGTERM, _stop)
     try:
         if args.command == "register":
             e = register(args.file, default=args.default, ship=args.ship, hub_repo_id=args.repo_id,
@@ -466,6 +517,8 @@ def main(argv=None) -> int:
     except (WeightsError, OSError) as e:  # OSError: a path that cannot be read or written
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
     return 0
 
 
