@@ -10,6 +10,7 @@ Every model name is also a builder: ``zoo.resnet50_gn(num_classes=10)``. Pretrai
 """
 
 from . import models  # noqa: F401  (registers the architectures)
+from .fold import FoldReport, fold_norms
 from .norms import (FrozenNorms, NormSpec, create_norm, freeze_norms, fuse_norms, get_norm,
                     list_norms, prefers_channels_last, recalibrate_norms, register_norm,
                     replace_norms)
@@ -26,6 +27,7 @@ __all__ = [
     "get_builder", "get_arch", "get_norm", "register_arch", "register_norm",
     "create_norm", "replace_norms", "prefers_channels_last", "fuse_norms", "attach_weight_mean",
     "recalibrate_norms", "freeze_norms", "FrozenNorms",
+    "fold_norms", "FoldReport",
     "get_weight", "list_weights", "get_model_weights", "save_checkpoint", "read_checkpoint",
     "load_weights", "Weights", "WeightsError", "ArchSpec", "NormSpec", "push_to_hub",
     "__version__",
