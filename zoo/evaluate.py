@@ -86,7 +86,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, device: Union[str, torch.de
     copy, so the model's running estimates stay as they are.
     """
     device = torch.device(device)
-    model.eval().to(device)
+    model.eval()  # not chained: an exported int8 model's eval() returns None (zoo.deploy)
+    model.to(device)
     if batch_statistics:
         model = copy.deepcopy(model)
         for module in model.modules():

@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from .norms.ilm import ILMNorm
 from .norms.norm_matters import L1BatchNorm2d, LpBatchNorm2d, MeanBatchNorm2d, TopKBatchNorm2d
 
-__all__ = ["FoldReport", "fold_norms"]
+__all__ = ["FoldReport", "fold_norms", "by_reason"]
 
 _SCALED = (L1BatchNorm2d, TopKBatchNorm2d, LpBatchNorm2d)
 _PER_SAMPLE = (nn.GroupNorm, nn.LayerNorm, ILMNorm)
@@ -43,10 +43,20 @@ class FoldReport:
     def __str__(self) -> str:
         lines = [f"folded {len(self.folded)} norm(s), kept {len(self.kept)}, "
                  f"materialised {len(self.materialised)} parametrised weight(s)"]
-        lines += [f"  folded {norm} into {into}" for norm, into in self.folded]
-        lines += [f"  kept {norm}: {why}" for norm, why in self.kept]
-        lines += [f"  materialised {name}" for name in self.materialised]
+        if self.folded:
+            lines.append("  folded: " + ", ".join(f"{norm} into {into}" for norm, into in self.folded))
+        lines += [f"  kept, {why}: {', '.join(names)}" for why, names in by_reason(self.kept).items()]
+        if self.materialised:
+            lines.append("  materialised: " + ", ".join(self.materialised))
         return "\n".join(lines)
+
+
+def by_reason(layers: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """``{reason: [layer, ...]}`` from ``(layer, reason)`` pairs, in first-seen order."""
+    grouped: dict[str, list[str]] = {}
+    for name, why in layers:
+        grouped.setdefault(why, []).append(name)
+    return grouped
 
 
 def _affine(norm: nn.Module) -> Optional[tuple]:
