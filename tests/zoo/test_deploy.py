@@ -28,7 +28,8 @@ def images(data_root):
 
 
 def test_int8_without_torchao_says_which_extra_to_install(monkeypatch, images):
-    monkeypatch.setitem(sys.modules, "torchao", None)  # as if not installed
+    for name in [m for m in sys.modules if m.split(".")[0] == "torchao"] + ["torchao"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed, imported or not
     model = zoo.create_model("resnet20_bn").eval()
     with pytest.raises(ImportError, match=r'needs torchao.*pip install -e "\.\[deploy\]"'):
         quantize_int8(model, [images[:8]])

@@ -1,0 +1,110 @@
+"""``python -m zoo.deploy``: the happy path on tiny data, and one ``error: ...`` line for each
+careless input."""
+
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+from zoo.data import load_cifar
+from zoo.deploy import main as deploy_main
+
+from conftest import one_error_line
+
+pytestmark = pytest.mark.usefixtures("one_thread", "not_distributed")
+
+
+def _write_cifar(folder, meta_name, meta, splits):
+    folder.mkdir(parents=True)
+    (folder / meta_name).write_bytes(pickle.dumps(meta))
+    for name, (data, labels, key) in splits.items():
+        (folder / name).write_bytes(pickle.dumps({"data": data, key: labels}))
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(data_root, tmp_path_factory):
+    """A CIFAR-10 folder of 16 real test images as every split (train: five batches of 16)."""
+    real = load_cifar(data_root / "cifar10", "test")
+    data = real.images[:16].reshape(16, -1).numpy()
+    labels = real.labels[:16].tolist()
+    root = tmp_path_factory.mktemp("tiny") / "cifar10"
+    splits = {f"data_batch_{i}": (data, labels, "labels") for i in range(1, 6)}
+    splits["test_batch"] = (data, labels, "labels")
+    _write_cifar(root / "cifar-10-batches-py", "batches.meta", {"label_names": real.classes}, splits)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar100(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny") / "cifar100"
+    data = np.zeros((4, 3072), dtype=np.uint8)
+    _write_cifar(root / "cifar-100-python", "meta", {"fine_label_names": [f"c{i}" for i in range(100)]},
+                 {"test": (data, [0, 1, 2, 3], "fine_labels"), "train": (data, [0, 1, 2, 3], "fine_labels")})
+    return root
+
+
+def _deploy(capsys, *argv):
+    capsys.readouterr()
+    rc = deploy_main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fold_and_export_to_onnx(tiny_cifar10, tmp_path, capsys):
+    out_file = tmp_path / "model.onnx"
+    rc, out, err = _deploy(capsys, "resnet20_l1bn", "--fold", "--data", tiny_cifar10, "--out", out_file)
+    assert rc == 0, err
+    assert "cifar10 test[:16]" in out and "before: top-1" in out and "(fp32)" in out
+    assert "folded 19 norm(s), kept 0" in out and "% (folded, fp32)" in out
+    assert f"wrote {out_file} (" in out and out_file.stat().st_size > 100_000
+
+
+def test_fold_int8_and_export_to_pt2(tiny_cifar10, tmp_path, capsys):
+    pytest.importorskip("torchao")
+    out_file = tmp_path / "model.pt2"
+    rc, out, err = _deploy(capsys, "resnet20_ilm", "--weights", "DEFAULT", "--int8", "--calibrate", "16",
+                           "--data", tiny_cifar10, "--out", out_file)
+    assert rc == 0, err
+    assert "calibrated on 16 image(s); 19 layer(s) left in float" in out
+    assert "float, per-sample statistics" in out and "% (folded, int8)" in out
+    assert out_file.is_file()
+
+
+def test_int8_without_the_extra(tiny_cifar10, tmp_path, capsys, monkeypatch):
+    for name in [m for m in sys.modules if m.split(".")[0] == "torchao"] + ["torchao"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed, imported or not
+    rc, out, err = _deploy(capsys, "resnet20_bn", "--int8", "--data", tiny_cifar10,
+                           "--out", tmp_path / "m.pt2")
+    assert rc == 2 and not (tmp_path / "m.pt2").exists()
+    one_error_line(err, "int8 quantization needs torchao", 'pip install -e ".[deploy]"')
+
+
+def test_existing_out_is_kept_unless_forced(tiny_cifar10, tmp_path, capsys):
+    out_file = tmp_path / "model.onnx"
+    out_file.write_text("precious")
+    rc, out, err = _deploy(capsys, "resnet20_bn", "--data", tiny_cifar10, "--out", out_file)
+    assert rc == 2 and out == "" and out_file.read_text() == "precious"
+    one_error_line(err, f"--out {out_file} exists", "--force")
+    rc, out, err = _deploy(capsys, "resnet20_bn", "--data", tiny_cifar10, "--out", out_file, "--force")
+    assert rc == 0, err
+    assert out_file.read_bytes() != b"precious"
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model"])
+def test_unknown_extension(name, tiny_cifar10, tmp_path, capsys):
+    rc, out, err = _deploy(capsys, "resnet20_bn", "--data", tiny_cifar10, "--out", tmp_path / name)
+    assert rc == 2 and out == ""
+    one_error_line(err, "unknown extension", "use .pt2 (torch.export) or .onnx")
+
+
+def test_unknown_norm(tiny_cifar10, tmp_path, capsys):
+    rc, out, err = _deploy(capsys, "resnet20_l2bn", "--data", tiny_cifar10, "--out", tmp_path / "m.pt2")
+    assert rc == 2 and out == ""
+    one_error_line(err, "unknown model 'resnet20_l2bn'", "zoo.list_norms()")
+
+
+def test_data_of_another_class_count(tiny_cifar100, tmp_path, capsys):
+    rc, out, err = _deploy(capsys, "resnet20_bn", "--int8", "--data", tiny_cifar100, "--out", tmp_path / "m.pt2")
+    assert rc == 2 and out == "" and not (tmp_path / "m.pt2").exists()
+    one_error_line(err, "resnet20_bn has 10 classes but the data in", "has 100")
