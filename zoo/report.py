@@ -12,6 +12,7 @@ for the generated blocks of the README and the docs pages. Nothing here measures
   (docs/performance.md).
 - :func:`batch_sweep_section`: a batch-size sweep's tables (docs/batch-size.md).
 - :func:`claims_section`: the papers' claims against our seeds (docs/claims.md).
+- :func:`deploy_section`: each shipped checkpoint folded, cast and quantized (docs/deploy.md).
 
 Links inside a block are given by the caller, relative to the page the block goes in.
 """
@@ -423,4 +424,51 @@ def claims_section(written: dict, memory: Iterable[dict] = (), results: str = "e
             ratio, spread = float(r["ratio"]), float(r["ratio_spread_pct"])
             verdict = "holds" if ratio * (1 + spread / 100) < 1 else "not resolved"
             lines.append(f"| {r['config']} | {r['dtype']} | {ratio:.2f}x (±{spread:.0f}%) | {verdict} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval/deploy_table.py
+
+def read_deploy(results: Path) -> tuple[list[dict], dict]:
+    """A written deploy table: its rows and header."""
+    written = json.loads((Path(results) / "deploy.json").read_text())
+    return written["rows"], written["header"]
+
+
+def deploy_section(rows: list[dict], header: dict, results: str) -> str:
+    """Each model's top-1 as deployed (val / test per variant) and, where measured, its img/s;
+    ``results`` is the link to the JSON the rows come from."""
+    from zoo.evaluate import standard_error
+
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cell = {(r["model"], r["variant"]): r for r in rows}
+
+    def accuracy(r: dict) -> str:
+        if r["status"] != "ok":
+            return r["status"].split(":")[0].split(" (")[0]
+        return f"{r['val_top1']:.2f} / {r['test_top1']:.2f}"
+
+    lines = [f"Top-1 % on the {header['val_images']:,} held-out validation images (the last "
+             f"{header['val_images']:,} CIFAR-10 training images) / on test[:{header['test_images']}]; "
+             f"int8 calibrated on the first {header['calibration_images']:,} training images. "
+             f"Measured with `{header['command']}` at {header['commit'][:10]} (torch "
+             f"{header['torch']}, {header['date']}). At 90% top-1 a val figure's standard error is "
+             f"{standard_error(90, header['val_images']):.1f} points, a test figure's "
+             f"{standard_error(90, header['test_images']):.1f}.", "",
+             "| model | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    lines += [f"| `{m}` | " + " | ".join(accuracy(cell[m, v]) if (m, v) in cell else "" for v in variants)
+              + " |" for m in models]
+    if any(r.get("img_per_s") is not None for r in rows):
+        lines += ["", f"Inference img/s at batch {header['speed_batch']} on {header['machine']} "
+                      f"(int8 through torch.compile's int8 kernels, the rest eager):", "",
+                  "| model | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+        lines += [f"| `{m}` | " + " | ".join(
+            f"{cell[m, v]['img_per_s']:.0f}" if cell.get((m, v), {}).get("img_per_s") is not None
+            else "" for v in variants) + " |" for m in models]
+    else:
+        lines += ["", "Speed is not in this run: `python eval/deploy_table.py --speed` on a quiet "
+                      "machine adds img/s at batch 256."]
+    lines += ["", f"Every figure: [{results}]({results})."]
     return "\n".join(lines)

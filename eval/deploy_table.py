@@ -1,0 +1,152 @@
+"""Every shipped DEFAULT checkpoint as deployed: top-1 in fp32, bf16, fp16, folded and int8.
+
+    python eval/deploy_table.py                       # accuracy -> eval/results/deploy/
+    python eval/deploy_table.py --speed               # and img/s at batch 256 (a quiet machine)
+
+Top-1 on the 5,000 held-out validation images (the last 5,000 CIFAR-10 training images, the
+recipes' val split) and on test[:1000]. bf16 and fp16: the model's weights and inputs cast
+(the norms keep float32 statistics, as they do for low-precision input); a dtype the CPU
+cannot run is recorded as such. folded: zoo.fold_norms, fp32. int8: zoo.deploy.quantize_int8
+(folds, then torchao's PT2E x86 quantization, the [deploy] extra) calibrated on the first
+--calibrate training images, which the validation images are not among. --speed adds img/s
+at batch 256 (median of --repeats timed forwards after two warm-up ones); the int8 model is
+timed as torch.compile lowers it to int8 kernels (inductor with freezing), the others eager.
+Markdown comes from zoo.report; ``python tools/update_docs.py`` puts the table in docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import zoo
+from zoo import report
+from zoo.cli import git_commit, machine, one_line, positive_int
+from zoo.data import load_cifar
+from zoo.deploy import quantize_int8
+from zoo.evaluate import cifar_batches, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results" / "deploy"
+CIFAR10 = Path(os.environ.get("NORMZOO_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
+VARIANTS = ("fp32", "bf16", "fp16", "folded", "int8")
+VAL_IMAGES = 5000  # the recipes' val_images: held out from the end of the training set
+
+
+class Cast(nn.Module):
+    """``model`` in ``dtype``: weights and inputs cast, logits back to float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def default_models() -> list[str]:
+    return [w.split(".")[0] for w in zoo.list_weights() if zoo.get_weight(w).entry["default"]]
+
+
+def variants(name: str, calibration) -> dict:
+    """Each variant of ``name``'s DEFAULT weights: a model, or why it cannot run here."""
+    model = zoo.create_model(name, weights="DEFAULT").eval()
+    made: dict = {"fp32": model}
+    for label, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        cast = Cast(zoo.create_model(name, weights="DEFAULT").eval(), dtype)
+        try:
+            with torch.no_grad():
+                cast(torch.zeros(2, 3, 32, 32))
+            made[label] = cast
+        except RuntimeError as e:  # a CPU kernel missing for the dtype
+            made[label] = f"does not run on this CPU ({one_line(e, 80)})"
+    made["folded"] = zoo.fold_norms(model)[0]
+    try:
+        made["int8"] = quantize_int8(model, calibration)[0]
+    except ImportError as e:
+        made["int8"] = one_line(e)
+    return made
+
+
+def img_per_s(model: nn.Module, variant: str, batch: int, repeats: int) -> float:
+    x = torch.randn(batch, 3, 32, 32)
+    if variant == "int8":
+        import torch._inductor.config as inductor_config  # int8 kernels need constant weights
+
+        inductor_config.freezing = True
+        model = torch.compile(model)
+    with torch.no_grad():
+        for _ in range(2):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=CIFAR10, help="CIFAR-10 (python layout; default: %(default)s)")
+    p.add_argument("--models", help="comma-separated model names (default: every DEFAULT checkpoint)")
+    p.add_argument("--calibrate", type=positive_int(), default=1000,
+                   help="training images to calibrate int8 on (default: %(default)s)")
+    p.add_argument("--val-images", type=positive_int(), default=VAL_IMAGES,
+                   help="held-out images from the end of the training set (default: %(default)s)")
+    p.add_argument("--test-images", type=positive_int(), default=1000)
+    p.add_argument("-b", "--batch-size", type=positive_int(), default=250)
+    p.add_argument("--speed", action="store_true", help="also measure img/s at --speed-batch")
+    p.add_argument("--speed-batch", type=positive_int(), default=256)
+    p.add_argument("--repeats", type=positive_int(), default=10)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    try:
+        train, test = load_cifar(args.data, "train"), load_cifar(args.data, "test")
+        if args.val_images + args.calibrate > len(train.labels):
+            raise ValueError(f"{len(train.labels)} training images cannot hold --calibrate "
+                             f"{args.calibrate} and --val-images {args.val_images} apart")
+        names = args.models.split(",") if args.models else default_models()
+    except (ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    splits = {"val": (train.images[-args.val_images:], train.labels[-args.val_images:]),
+              "test": (test.images[: args.test_images], test.labels[: args.test_images])}
+    rows = []
+    for name in names:
+        transform = zoo.get_weight(zoo.get_model_weights(name).DEFAULT.value.name).transforms()
+        calibration = cifar_batches(train.images[: args.calibrate], train.labels[: args.calibrate],
+                                    transform, args.batch_size)
+        for variant, model in variants(name, calibration).items():
+            r = {"model": name, "variant": variant, "status": "ok" if isinstance(model, nn.Module) else model}
+            for split, (images, labels) in splits.items():
+                r[f"{split}_top1"] = (None if isinstance(model, str) else round(evaluate(
+                    model, cifar_batches(images, labels, transform, args.batch_size)).top1, 2))
+            if args.speed and not isinstance(model, str):
+                r["img_per_s"] = round(img_per_s(model, variant, args.speed_batch, args.repeats), 1)
+            rows.append(r)
+            print(f"  {name:18} {variant:7} val {r['val_top1']}  test {r['test_top1']}  "
+                  f"{r.get('img_per_s', '')} {'' if r['status'] == 'ok' else r['status']}",
+                  file=sys.stderr, flush=True)
+    header = {"command": " ".join(["python eval/deploy_table.py", *(argv if argv is not None else sys.argv[1:])]),
+              "commit": git_commit(), "machine": machine(torch.device("cpu")),
+              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+              "calibration_images": args.calibrate, "val_images": args.val_images,
+              "test_images": args.test_images, "speed_batch": args.speed_batch if args.speed else None}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "deploy.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    print(report.deploy_section(rows, header, "deploy.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
