@@ -1,5 +1,6 @@
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,26 @@ def one_error_line(err: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def write_cifar(folder: Path, meta_name: str, meta: dict, splits: dict) -> None:
+    """A CIFAR folder in the python layout: ``splits`` maps a file name to (data, labels,
+    label key)."""
+    folder.mkdir(parents=True)
+    (folder / meta_name).write_bytes(pickle.dumps(meta))
+    for name, (data, labels, key) in splits.items():
+        (folder / name).write_bytes(pickle.dumps({"data": data, key: labels}))
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar10(data_root, tmp_path_factory) -> Path:
+    """A CIFAR-10 folder of 16 real test images as every split (train: five batches of 16)."""
+    from zoo.data import load_cifar
+
+    real = load_cifar(data_root / "cifar10", "test")
+    data, labels = real.images[:16].reshape(16, -1).numpy(), real.labels[:16].tolist()
+    root = tmp_path_factory.mktemp("tiny") / "cifar10"
+    splits = {f"data_batch_{i}": (data, labels, "labels") for i in range(1, 6)}
+    splits["test_batch"] = (data, labels, "labels")
+    write_cifar(root / "cifar-10-batches-py", "batches.meta", {"label_names": real.classes}, splits)
+    return root

@@ -88,9 +88,17 @@ def claims(root: Path, page: Path) -> str:
                                  label=results.relative_to(root).as_posix())
 
 
+def deploy(root: Path, page: Path) -> str:
+    """From the committed run of eval/deploy_table.py (eval/results/deploy/deploy.json)."""
+    results = root / "eval" / "results" / "deploy"
+    if not (results / "deploy.json").is_file():
+        return "No deploy table is committed yet: `python eval/deploy_table.py`."
+    return report.deploy_section(*report.read_deploy(results), _link(page, results / "deploy.json"))
+
+
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {
     "naming": naming, "weights": weights, "default-weights": default_weights,
-    "performance": performance, "batch-sweep": batch_sweep, "claims": claims,
+    "performance": performance, "batch-sweep": batch_sweep, "claims": claims, "deploy": deploy,
 }
 
 

@@ -1,46 +1,24 @@
 """``python -m zoo.deploy``: the happy path on tiny data, and one ``error: ...`` line for each
 careless input."""
 
-import pickle
 import sys
 
 import numpy as np
 import pytest
 
-from zoo.data import load_cifar
 from zoo.deploy import main as deploy_main
 
-from conftest import one_error_line
+from conftest import one_error_line, write_cifar
 
 pytestmark = pytest.mark.usefixtures("one_thread", "not_distributed")
-
-
-def _write_cifar(folder, meta_name, meta, splits):
-    folder.mkdir(parents=True)
-    (folder / meta_name).write_bytes(pickle.dumps(meta))
-    for name, (data, labels, key) in splits.items():
-        (folder / name).write_bytes(pickle.dumps({"data": data, key: labels}))
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar10(data_root, tmp_path_factory):
-    """A CIFAR-10 folder of 16 real test images as every split (train: five batches of 16)."""
-    real = load_cifar(data_root / "cifar10", "test")
-    data = real.images[:16].reshape(16, -1).numpy()
-    labels = real.labels[:16].tolist()
-    root = tmp_path_factory.mktemp("tiny") / "cifar10"
-    splits = {f"data_batch_{i}": (data, labels, "labels") for i in range(1, 6)}
-    splits["test_batch"] = (data, labels, "labels")
-    _write_cifar(root / "cifar-10-batches-py", "batches.meta", {"label_names": real.classes}, splits)
-    return root
 
 
 @pytest.fixture(scope="module")
 def tiny_cifar100(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny") / "cifar100"
     data = np.zeros((4, 3072), dtype=np.uint8)
-    _write_cifar(root / "cifar-100-python", "meta", {"fine_label_names": [f"c{i}" for i in range(100)]},
-                 {"test": (data, [0, 1, 2, 3], "fine_labels"), "train": (data, [0, 1, 2, 3], "fine_labels")})
+    write_cifar(root / "cifar-100-python", "meta", {"fine_label_names": [f"c{i}" for i in range(100)]},
+                {"test": (data, [0, 1, 2, 3], "fine_labels"), "train": (data, [0, 1, 2, 3], "fine_labels")})
     return root
 
 
