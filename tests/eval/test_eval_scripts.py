@@ -15,10 +15,10 @@ from conftest import REPO
 # suite's targets) and gn, a method that declares the contiguous memory format where bn and
 # mimic declare channels_last. None compiles kernels: tests/train runs the trainer's fused path.
 TINY_METHODS = ["bn", "gn", "mimic"]
-# The norms suite's layers: one of each kind of fused kernel (per-sample ILM, the batch-norm
-# family's L1) with its "original" row. Compiling costs most of the tiny run; the other fused
-# kernels take the same path here and are checked against their formulas in test_fused_norms.
-TINY_NORMS = ["ilm", "l1bn"]
+# The norms suite's layer: L1 BN, with its fused kernel and its "original" row, against BN.
+# Compiling costs most of the tiny run; the other fused kernels take the same path here and
+# are checked against their formulas in test_fused_norms.
+TINY_NORMS = ["l1bn"]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,7 @@ def test_benchmark_tiny_run_writes_well_formed_csv_markdown_and_header(tiny_benc
             assert float(r["ratio"]) > 0
         assert r["meets"] in ("", "yes", "no") and (r["meets"] == "") == (r["target"] == "")
     norms = {(r["name"], r["baseline"]) for r in rows if r["suite"] == "norms"}
-    assert norms == {("ilm", "gn"), ("ilm (original)", "gn"), ("ilm (fused)", "gn"), ("gn", "bn"),
-                     ("l1bn", "bn"), ("l1bn (original)", "bn"), ("l1bn (fused)", "bn")}
+    assert norms == {("l1bn", "bn"), ("l1bn (original)", "bn"), ("l1bn (fused)", "bn")}
     assert {r["dtype"] for r in rows if r["suite"] == "norms"} == {"fp32", "bf16"}
     step = [r for r in rows if r["suite"] == "step"]
     assert {r["name"] for r in step} == {f"resnet20_{m}" for m in TINY_METHODS}
@@ -78,16 +77,15 @@ def test_benchmark_performance_section_reports_every_goal(tiny_benchmark):
     # kernel the run measured
     for norm in report.NORM_TARGETS:
         assert f"{norm} forward+backward ≤ {report.NORM_TARGETS[norm]}x" in " ".join(labels)
-    for name in ("ilm (fused)", "l1bn (fused)"):
-        assert any(label.startswith(f"{name} forward+backward") for label in labels)
-    assert not any(label.startswith("linfbn (fused)") for label in labels)  # not measured
+    assert any(label.startswith("l1bn (fused) forward+backward") for label in labels)
+    assert not any(label.startswith("ilm (fused)") for label in labels)  # not measured
     for method in report.INFERENCE_TARGETS:
         assert any(label.startswith(f"{method} eval-mode img/s") for label in labels)
     assert sum("mimic training step" in label for label in labels) == len(report.STEP_TARGETS)
     # a goal the run measured reports its rows; the tiny run measures each of these
     measured = [label for label, these in goals if these]
     assert any("trainer img/s" in label for label in measured)
-    assert any(label.startswith("ilm (fused)") for label in measured)
+    assert any(label.startswith("l1bn (fused)") for label in measured)
     assert "[results.md](results.md)" in section and header["command"] in section
 
 
