@@ -23,8 +23,12 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # The modules that take longest (fresh processes, compiled kernels) start first: xdist hands
 # out whole modules in collection order (--dist loadscope), and one of them started last
 # would leave a worker running alone at the end.
-LONGEST_FIRST = ("eval/test_eval_scripts.py", "eval/test_batch_sweep.py", "zoo/test_fused_norms.py",
-                 "train/test_train.py")
+# Longest first, by their summed test time in a --durations run (2026-12-06): trainer runs,
+# compiled kernels, the tiny benchmark, then the modules of 20-60 s.
+LONGEST_FIRST = ("train/test_train.py", "zoo/test_fused_norms.py", "eval/test_eval_scripts.py",
+                 "eval/test_batch_sweep.py", "eval/test_validate.py", "test_docs.py",
+                 "hostile/test_deploy_cli.py", "zoo/test_convert.py", "zoo/test_deploy.py",
+                 "eval/test_deploy_table.py")
 
 
 def pytest_collection_modifyitems(items):
