@@ -15,10 +15,20 @@ from zoo import report
 
 
 def sweep_args(data_root, tmp_path, *extra):
-    # test_tiny holds out 64 validation images after the 64-image subset
+    # test_tiny holds out 64 validation images after the 64-image subset; one seed per cell
+    # (each cell is a fresh trainer process: the seeds' rule is checked on cells() alone)
     return ["--data", str(data_root / "cifar10"), "--recipe", "test_tiny", "--methods", "bn", "gn",
             "--batch-sizes", "4", "16", "--train-images", "64", "--epochs", "2", "--jobs", "2",
-            "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), *extra]
+            "--end-seeds", "1", "--runs", str(tmp_path / "runs"), "--results",
+            str(tmp_path / "results"), *extra]
+
+
+def test_the_end_batch_sizes_get_the_extra_seeds():
+    args = batch_sweep.parser().parse_args(["--data", "D", "--methods", "bn", "gn",
+                                            "--batch-sizes", "16", "4", "8", "--end-seeds", "2"])
+    assert batch_sweep.cells(args) == [  # smallest batch first; the middle one has seed 0 only
+        ("bn", 4, 0), ("gn", 4, 0), ("bn", 4, 1), ("gn", 4, 1), ("bn", 8, 0), ("gn", 8, 0),
+        ("bn", 16, 0), ("gn", 16, 0), ("bn", 16, 1), ("gn", 16, 1)]
 
 
 def test_batch_sweep_writes_its_csv_plot_and_settings(data_root, tmp_path):
@@ -27,9 +37,8 @@ def test_batch_sweep_writes_its_csv_plot_and_settings(data_root, tmp_path):
     with open(results / "batch-sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == batch_sweep.COLUMNS
-    # both sizes are an end of the sweep: two seeds each
     assert [(r["method"], r["batch_size"], r["seed"]) for r in rows] == [
-        (m, b, s) for m in ("bn", "gn") for b in ("4", "16") for s in ("0", "1")]
+        (m, b, "0") for m in ("bn", "gn") for b in ("4", "16")]
     for r in rows:
         assert r["images"] == "128" and r["epochs"] == "2"  # 64 images x 2 epochs in every cell
         assert int(r["steps"]) * int(r["batch_size"]) == 128
@@ -47,8 +56,8 @@ def test_batch_sweep_writes_its_csv_plot_and_settings(data_root, tmp_path):
     assert "| bn | " in section and "| gn | " in section and "batch 16" in section
 
     # each cell is a run of the trainer, with the lr scaled by batch and the same warm-up share
-    cell = json.loads((tmp_path / "runs" / "bn-b4-s1" / "recipe.json").read_text())
-    assert cell["recipe"]["lr"] == pytest.approx(0.05 * 4 / 32) and cell["seed"] == 1
+    cell = json.loads((tmp_path / "runs" / "bn-b4-s0" / "recipe.json").read_text())
+    assert cell["recipe"]["lr"] == pytest.approx(0.05 * 4 / 32) and cell["seed"] == 0
     assert cell["recipe"]["warmup_epochs"] == pytest.approx(0.5 / 2 * 2)
     assert "--limit-train 128" in cell["command"]
 
@@ -79,8 +88,7 @@ def test_a_diverged_cell_is_a_result_and_is_not_retrained(data_root, tmp_path, m
         return subprocess.CompletedProcess(command, 2)
 
     monkeypatch.setattr(batch_sweep.subprocess, "run", trainer_that_diverges)
-    args = sweep_args(data_root, tmp_path, "--methods", "mimic", "--batch-sizes", "4",
-                      "--end-seeds", "1")
+    args = sweep_args(data_root, tmp_path, "--methods", "mimic", "--batch-sizes", "4")
     for _ in range(2):
         assert batch_sweep.main(args) == 0
     assert len(trained) == 1 and trained[0][trained[0].index("--model") + 1] == "resnet20_mimic"
