@@ -214,20 +214,35 @@ def test_read_only_normzoo_cache(state, tmp_path, monkeypatch, ckpt, entry, hub,
     assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before
 
 
-def test_read_only_hf_cache_with_a_tampered_blob(tmp_path, monkeypatch, ckpt, entry, read_only):
+def _offline_hf_cache_pointing_to(bad: Path, tmp_path, monkeypatch, ckpt, entry):
+    """An offline Hugging Face cache whose snapshot of the entry's pinned revision links to
+    ``bad``, written with a tampered copy of the checkpoint. Returns (cache, pointer)."""
     from huggingface_hub import constants
 
     _use_manifest(tmp_path, monkeypatch, dict(entry, revision=COMMIT))
     hub_cache = tmp_path / "hf_home" / "hub"
-    repo = hub_cache / f"models--{entry['hub_repo_id'].replace('/', '--')}"
-    blob = repo / "blobs" / ckpt["sha256"]
-    pointer = repo / "snapshots" / COMMIT / "model.safetensors"
-    blob.parent.mkdir(parents=True)
+    pointer = _hf_repo(tmp_path, entry) / "snapshots" / COMMIT / "model.safetensors"
+    bad.parent.mkdir(parents=True)
     pointer.parent.mkdir(parents=True)
-    blob.write_bytes(_tampered(ckpt["bytes"]))
-    pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+    bad.write_bytes(_tampered(ckpt["bytes"]))
+    pointer.symlink_to(os.path.relpath(bad, pointer.parent))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hub_cache, pointer
+
+
+def _hf_repo(tmp_path, entry) -> Path:
+    """The entry's folder in the Hugging Face cache under tmp_path."""
+    return tmp_path / "hf_home" / "hub" / f"models--{entry['hub_repo_id'].replace('/', '--')}"
+
+
+def _hf_blob(tmp_path, entry, ckpt) -> Path:
+    return _hf_repo(tmp_path, entry) / "blobs" / ckpt["sha256"]
+
+
+def test_read_only_hf_cache_with_a_tampered_blob(tmp_path, monkeypatch, ckpt, entry, read_only):
+    blob = _hf_blob(tmp_path, entry, ckpt)
+    hub_cache, pointer = _offline_hf_cache_pointing_to(blob, tmp_path, monkeypatch, ckpt, entry)
     read_only(hub_cache)
 
     with pytest.raises(WeightsError) as raised:
@@ -482,20 +497,9 @@ def test_bad_hf_cache_copy_removes_only_what_the_cache_holds(target, tmp_path, m
                                                              entry):
     """H1 was: the snapshot pointer's final target was unlinked wherever it lay, so a pointer
     to a user's own file deleted that file."""
-    from huggingface_hub import constants
-
-    _use_manifest(tmp_path, monkeypatch, dict(entry, revision=COMMIT))
-    hub_cache = tmp_path / "hf_home" / "hub"
-    repo = hub_cache / f"models--{entry['hub_repo_id'].replace('/', '--')}"
-    pointer = repo / "snapshots" / COMMIT / "model.safetensors"
-    bad = (repo / "blobs" / ckpt["sha256"] if target == "a blob of the cache"
+    bad = (_hf_blob(tmp_path, entry, ckpt) if target == "a blob of the cache"
            else tmp_path / "mine" / "model.safetensors")
-    bad.parent.mkdir(parents=True)
-    pointer.parent.mkdir(parents=True)
-    bad.write_bytes(_tampered(ckpt["bytes"]))
-    pointer.symlink_to(os.path.relpath(bad, pointer.parent))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, pointer = _offline_hf_cache_pointing_to(bad, tmp_path, monkeypatch, ckpt, entry)
 
     with pytest.raises(WeightsError) as raised:
         zoo.create_model(MODEL, weights="DEFAULT", progress=False)
