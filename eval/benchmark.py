@@ -26,6 +26,9 @@ Suites:
              builder loading the same weights from a local file
   pipeline   eval/imagenet_val.py's data pipeline against a plain ImageFolder + DataLoader
              loop, on full-size JPEGs (../shared/data/imagenet/train-sample)
+  deploy     each shipped checkpoint as eval/deploy_table.py deploys it (bf16, fp16, folded,
+             int8: torchao's x86 PT2E, timed as torch.compile lowers it to int8 kernels)
+             against its fp32 eager model, img/s at batch 256 (CPU; the [deploy] extra)
 
 Every ratio is the median over repeats of a per-repeat ratio (the two sides run back to
 back), so it holds on a noisy machine; the spread is half the range of the repeats.
@@ -51,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
+from deploy_table import compile_int8, default_models, variants  # eval/: what the table scores
 from zoo import report
 from zoo.cli import machine
 from zoo.norms.common import group_count
@@ -79,6 +83,7 @@ ORIGINALS = {
 METHODS = ("bn", "gn", "ilm", "mimic", "l1bn", "linfbn", "bwn")
 STEP_CONFIGS = [("resnet20", 128, 32), ("resnet50", 8, 224), ("vgg16", 4, 224)]
 INFERENCE_CONFIGS = [("resnet20", 256, 32), ("resnet50", 16, 224)]
+DEPLOY_BATCH = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,6 +522,34 @@ def suite_pipeline(args, device, clock) -> list[dict]:
     return rows
 
 
+def suite_deploy(args, device, clock) -> list[dict]:
+    if device.type != "cpu":
+        raise RuntimeError("the deploy suite times CPU inference (torchao's x86 int8): use --device cpu")
+    batch = 16 if args.tiny else DEPLOY_BATCH
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32)
+    rows = []
+    for name in args.checkpoints:
+        made = {v: m for v, m in variants(name, [x[:8]]).items() if isinstance(m, torch.nn.Module)}
+        if "int8" in made:
+            made["int8"] = compile_int8(made["int8"], x)
+
+        def infer(model):
+            with torch.no_grad():
+                model(x)
+
+        times = interleaved({v: (lambda m=m: infer(m)) for v, m in made.items()}, clock,
+                            args.repeats, args.min_block_s)
+        base = [batch / t for t in times["fp32"]]
+        for variant in made:
+            how = "torch.compile int8 kernels" if variant == "int8" else "eager"
+            rows.append(row("deploy", name, f"batch {batch} at 32x32, {how}", variant,
+                            [batch / t for t in times[variant]], "img/s",
+                            *(("fp32", base) if variant != "fp32" else ())))
+            _progress(rows[-1])
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 
@@ -540,7 +573,8 @@ def write(rows: list[dict], header: dict, out: Path) -> tuple[Path, Path]:
 
 
 RUNNERS = {"norms": suite_norms, "step": suite_step, "inference": suite_inference,
-           "train": suite_train, "hub": suite_hub, "pipeline": suite_pipeline}
+           "train": suite_train, "hub": suite_hub, "pipeline": suite_pipeline,
+           "deploy": suite_deploy}
 WORKERS = {"--worker-step": step_worker, "--worker-train": train_worker,
            "--worker-seed-loop": seed_loop_worker}
 SUITES = tuple(RUNNERS)
@@ -562,6 +596,8 @@ def main(argv=None) -> int:
     p.add_argument("--cifar10", type=Path, default=CIFAR10, help="CIFAR-10 for the train suite")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the pipeline suite")
     p.add_argument("--imagenet-sample", type=Path, default=IMAGENET_SAMPLE)
+    p.add_argument("--checkpoints", help="shipped CIFAR checkpoints for the deploy suite "
+                   "(default: every DEFAULT one)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for benchmark-<device>.csv/.md/.json")
     p.add_argument("--tiny", action="store_true", help="one shape, one repeat: checks that it runs")
@@ -582,6 +618,10 @@ def main(argv=None) -> int:
                  for n in args.norms or [] if n not in per_layer_norms()]
     problems += [f"unknown method {m!r} (of {', '.join(zoo.list_norms())})"
                  for m in args.methods if m not in zoo.list_norms()]
+    shipped = default_models()
+    args.checkpoints = [c.strip() for c in args.checkpoints.split(",")] if args.checkpoints else shipped
+    problems += [f"{c!r} is not a shipped DEFAULT checkpoint (of {', '.join(shipped)})"
+                 for c in args.checkpoints if c not in shipped]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append("--device cuda but torch sees no GPU")
     if problems:

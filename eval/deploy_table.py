@@ -1,17 +1,16 @@
 """Every shipped DEFAULT checkpoint as deployed: top-1 in fp32, bf16, fp16, folded and int8.
 
     python eval/deploy_table.py                       # accuracy -> eval/results/deploy/
-    python eval/deploy_table.py --speed               # and img/s at batch 256 (a quiet machine)
+    python eval/benchmark.py --suites deploy --out eval/results/deploy   # img/s (a quiet machine)
 
 Top-1 on the 5,000 held-out validation images (the last 5,000 CIFAR-10 training images, the
 recipes' val split) and on test[:1000]. bf16 and fp16: the model's weights and inputs cast
 (the norms keep float32 statistics, as they do for low-precision input); a dtype the CPU
 cannot run is recorded as such. folded: zoo.fold_norms, fp32. int8: zoo.deploy.quantize_int8
 (folds, then torchao's PT2E x86 quantization, the [deploy] extra) calibrated on the first
---calibrate training images, which the validation images are not among. --speed adds img/s
-at batch 256 (median of --repeats timed forwards after two warm-up ones); the int8 model is
-timed as torch.compile lowers it to int8 kernels (inductor with freezing), the others eager.
-Markdown comes from zoo.report; ``python tools/update_docs.py`` puts the table in docs/deploy.md.
+--calibrate training images, which the validation images are not among. Speed is the
+benchmark's deploy suite (eval/benchmark.py): the same variants, timed side by side with the
+fp32 model. Markdown comes from zoo.report; ``python tools/update_docs.py`` puts the table in docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -77,22 +74,15 @@ def variants(name: str, calibration) -> dict:
     return made
 
 
-def img_per_s(model: nn.Module, variant: str, batch: int, repeats: int) -> float:
-    x = torch.randn(batch, 3, 32, 32)
-    if variant == "int8":
-        import torch._inductor.config as inductor_config  # int8 kernels need constant weights
+def compile_int8(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``quantize_int8``'s model as torch.compile lowers it to x86 int8 kernels, compiled on
+    ``example``: inductor with freezing, since the int8 kernels need constant weights."""
+    import torch._inductor.config as inductor_config
 
-        inductor_config.freezing = True
-        model = torch.compile(model)
-    with torch.no_grad():
-        for _ in range(2):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    compiled = torch.compile(model)
+    with inductor_config.patch(freezing=True), torch.no_grad():
+        compiled(example)
+    return compiled
 
 
 def main(argv=None) -> int:
@@ -105,9 +95,6 @@ def main(argv=None) -> int:
                    help="held-out images from the end of the training set (default: %(default)s)")
     p.add_argument("--test-images", type=positive_int(), default=1000)
     p.add_argument("-b", "--batch-size", type=positive_int(), default=250)
-    p.add_argument("--speed", action="store_true", help="also measure img/s at --speed-batch")
-    p.add_argument("--speed-batch", type=positive_int(), default=256)
-    p.add_argument("--repeats", type=positive_int(), default=10)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     try:
@@ -131,17 +118,15 @@ def main(argv=None) -> int:
             for split, (images, labels) in splits.items():
                 r[f"{split}_top1"] = (None if isinstance(model, str) else round(evaluate(
                     model, cifar_batches(images, labels, transform, args.batch_size)).top1, 2))
-            if args.speed and not isinstance(model, str):
-                r["img_per_s"] = round(img_per_s(model, variant, args.speed_batch, args.repeats), 1)
             rows.append(r)
             print(f"  {name:18} {variant:7} val {r['val_top1']}  test {r['test_top1']}  "
-                  f"{r.get('img_per_s', '')} {'' if r['status'] == 'ok' else r['status']}",
+                  f"{'' if r['status'] == 'ok' else r['status']}",
                   file=sys.stderr, flush=True)
     header = {"command": " ".join(["python eval/deploy_table.py", *(argv if argv is not None else sys.argv[1:])]),
               "commit": git_commit(), "machine": machine(torch.device("cpu")),
               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
               "calibration_images": args.calibrate, "val_images": args.val_images,
-              "test_images": args.test_images, "speed_batch": args.speed_batch if args.speed else None}
+              "test_images": args.test_images}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "deploy.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(report.deploy_section(rows, header, "deploy.json"))

@@ -89,11 +89,14 @@ def claims(root: Path, page: Path) -> str:
 
 
 def deploy(root: Path, page: Path) -> str:
-    """From the committed run of eval/deploy_table.py (eval/results/deploy/deploy.json)."""
+    """From the committed runs of eval/deploy_table.py (eval/results/deploy/deploy.json) and of
+    the benchmark's deploy suite (eval/results/deploy/benchmark-cpu.*)."""
     results = root / "eval" / "results" / "deploy"
     if not (results / "deploy.json").is_file():
         return "No deploy table is committed yet: `python eval/deploy_table.py`."
-    return report.deploy_section(*report.read_deploy(results), _link(page, results / "deploy.json"))
+    speed = report.read_benchmark(results) if (results / "benchmark-cpu.csv").is_file() else None
+    return report.deploy_section(*report.read_deploy(results), _link(page, results / "deploy.json"),
+                                 speed)
 
 
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {

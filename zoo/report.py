@@ -436,9 +436,11 @@ def read_deploy(results: Path) -> tuple[list[dict], dict]:
     return written["rows"], written["header"]
 
 
-def deploy_section(rows: list[dict], header: dict, results: str) -> str:
-    """Each model's top-1 as deployed (val / test per variant) and, where measured, its img/s;
-    ``results`` is the link to the JSON the rows come from."""
+def deploy_section(rows: list[dict], header: dict, results: str,
+                   speed: Optional[tuple[list[dict], dict]] = None) -> str:
+    """Each model's top-1 as deployed (val / test per variant) and, given ``speed`` (a
+    benchmark run's rows and header with the deploy suite), its img/s; ``results`` is the link
+    to the JSON the rows come from."""
     from zoo.evaluate import standard_error
 
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -460,15 +462,23 @@ def deploy_section(rows: list[dict], header: dict, results: str) -> str:
              "| model | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
     lines += [f"| `{m}` | " + " | ".join(accuracy(cell[m, v]) if (m, v) in cell else "" for v in variants)
               + " |" for m in models]
-    if any(r.get("img_per_s") is not None for r in rows):
-        lines += ["", f"Inference img/s at batch {header['speed_batch']} on {header['machine']} "
-                      f"(int8 through torch.compile's int8 kernels, the rest eager):", "",
+    if speed:
+        speed_rows, speed_header = speed
+        timed = {(r["name"], r["dtype"]): r for r in speed_rows if r["suite"] == "deploy"}
+
+        def img_s(r: dict) -> str:
+            ratio = f" ({float(r['ratio']):.2f}x)" if r["ratio"] != "" else ""
+            return f"{float(r['value']):.0f}{ratio}"
+
+        batch = next(iter(timed.values()))["config"].split(" at ")[0]
+        lines += ["", f"Inference img/s, {batch}, on {speed_header['machine']} (× fp32 in the same run; "
+                      f"int8 through torch.compile's int8 kernels, the rest eager). Measured "
+                      f"{speed_header['date']} with `{speed_header['command']}`:", "",
                   "| model | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
-        lines += [f"| `{m}` | " + " | ".join(
-            f"{cell[m, v]['img_per_s']:.0f}" if cell.get((m, v), {}).get("img_per_s") is not None
-            else "" for v in variants) + " |" for m in models]
+        lines += [f"| `{m}` | " + " | ".join(img_s(timed[m, v]) if (m, v) in timed else ""
+                                             for v in variants) + " |" for m in models]
     else:
-        lines += ["", "Speed is not in this run: `python eval/deploy_table.py --speed` on a quiet "
-                      "machine adds img/s at batch 256."]
+        lines += ["", "Speed is not measured yet: `python eval/benchmark.py --suites deploy --out "
+                      "eval/results/deploy` on a quiet machine adds img/s at batch 256."]
     lines += ["", f"Every figure: [{results}]({results})."]
     return "\n".join(lines)

@@ -28,11 +28,11 @@ def test_deploy_table_scores_every_variant_and_renders(tiny_cifar10, tmp_path, c
     else:  # the [deploy] extra is not installed: the row says so
         assert "needs torchao" in rows["resnet20_gn", "int8"]["status"]
     header = written["header"]
-    assert header["val_images"] == 40 and header["calibration_images"] == 32 and header["speed_batch"] is None
+    assert header["val_images"] == 40 and header["calibration_images"] == 32
     markdown = report.deploy_section(written["rows"], header, "deploy.json")
     assert "| model | fp32 | bf16 | fp16 | folded | int8 |" in markdown
     assert f"| `resnet20_l1bn` | {rows['resnet20_l1bn', 'fp32']['val_top1']:.2f} / " in markdown
-    assert "Speed is not in this run" in markdown and markdown in capsys.readouterr().out
+    assert "Speed is not measured yet" in markdown and markdown in capsys.readouterr().out
 
 
 def test_deploy_table_refuses_calibration_overlapping_validation(tiny_cifar10, tmp_path, capsys):
@@ -42,10 +42,16 @@ def test_deploy_table_refuses_calibration_overlapping_validation(tiny_cifar10, t
     assert "80 training images cannot hold --calibrate 32 and --val-images 60 apart" in capsys.readouterr().err
 
 
-def test_speed_table_renders_when_measured():
+def test_speed_table_renders_the_benchmark_deploy_suite():
     header = {"val_images": 5000, "test_images": 1000, "calibration_images": 1000, "command": "c",
-              "commit": "0123456789ab", "torch": "2", "date": "d", "machine": "m", "speed_batch": 256}
-    rows = [{"model": "resnet20_bn", "variant": v, "status": "ok", "val_top1": 91.0, "test_top1": 92.0,
-             "img_per_s": s} for v, s in (("fp32", 1000.4), ("int8", 2500.0))]
-    markdown = report.deploy_section(rows, header, "deploy.json")
-    assert "Inference img/s at batch 256 on m" in markdown and "| `resnet20_bn` | 1000 | 2500 |" in markdown
+              "commit": "0123456789ab", "torch": "2", "date": "d"}
+    rows = [{"model": "resnet20_bn", "variant": v, "status": "ok", "val_top1": 91.0, "test_top1": 92.0}
+            for v in ("fp32", "int8")]
+    speed_rows = [{"suite": "deploy", "name": "resnet20_bn", "dtype": v, "value": value, "ratio": ratio,
+                   "config": "batch 256 at 32x32, eager"} for v, value, ratio in
+                  (("fp32", "1000.4", ""), ("int8", "2500.0", "2.5"))]
+    speed_rows.append({**speed_rows[0], "suite": "inference", "value": "1.0"})  # another suite's row
+    markdown = report.deploy_section(rows, header, "deploy.json",
+                                     (speed_rows, {"machine": "m", "date": "d2", "command": "bench"}))
+    assert "Inference img/s, batch 256, on m" in markdown and "`bench`" in markdown
+    assert "| `resnet20_bn` | 1000 | 2500 (2.50x) |" in markdown

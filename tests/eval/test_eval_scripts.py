@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import benchmark  # eval/benchmark.py (pyproject's pythonpath)
+import deploy_table
 from zoo import report
 
 from conftest import REPO
@@ -19,6 +20,8 @@ TINY_METHODS = ["bn", "gn", "mimic"]
 # Compiling costs most of the tiny run; the other fused kernels take the same path here and
 # are checked against their formulas in test_fused_norms.
 TINY_NORMS = ["l1bn"]
+# The deploy suite's checkpoint: one, since each compiles its int8 kernels.
+TINY_CHECKPOINT = "resnet20_l1bn"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,8 @@ def tiny_benchmark(tmp_path_factory):
     """One tiny run of every suite: one shape, one repeat (a check that it runs, not timing)."""
     out = tmp_path_factory.mktemp("bench")
     result = subprocess.run([sys.executable, "eval/benchmark.py", "--tiny", "--out", str(out),
-                             "--methods", ",".join(TINY_METHODS), "--norms", ",".join(TINY_NORMS)],
+                             "--methods", ",".join(TINY_METHODS), "--norms", ",".join(TINY_NORMS),
+                             "--checkpoints", TINY_CHECKPOINT],
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return out, result
@@ -51,6 +55,11 @@ def test_benchmark_tiny_run_writes_well_formed_csv_markdown_and_header(tiny_benc
     assert {r["unit"] for r in step} == {"ms", "MiB"}
     mimic = [r for r in step if r["name"] == "resnet20_mimic"]
     assert all(r["baseline"] == "bn" and r["target"] for r in mimic)
+    deploy = {r["dtype"]: r for r in rows if r["suite"] == "deploy"}
+    assert list(deploy) == list(deploy_table.VARIANTS)  # the deploy table's variants, in order
+    assert all(r["name"] == TINY_CHECKPOINT for r in deploy.values())
+    assert all(r["baseline"] == ("" if v == "fp32" else "fp32") for v, r in deploy.items())
+    assert "torch.compile int8 kernels" in deploy["int8"]["config"]
 
     header = json.loads((out / "benchmark-cpu.json").read_text())
     assert header["tiny"] is True and header["torch"] == torch.__version__ and header["machine"]
@@ -103,6 +112,7 @@ def test_benchmark_ratio_is_the_median_of_per_repeat_ratios():
     (["--suites", "norms,nope"], "unknown suite 'nope'"),
     (["--norms", "mimic"], "'mimic' is not a per-layer norm"),
     (["--methods", "bn,nope"], "unknown method 'nope'"),
+    (["--checkpoints", "resnet50_bn"], "'resnet50_bn' is not a shipped DEFAULT checkpoint"),
 ])
 def test_benchmark_refuses_bad_flags(flags, message):
     result = subprocess.run([sys.executable, "eval/benchmark.py", "--tiny", *flags],
