@@ -8,7 +8,8 @@ prints top-1 on the first --limit CIFAR test images before and after, then write
 dynamic batch size. Int8 is post-training quantization through torchao's PT2E flow with
 its x86 quantizer (static, per-channel int8 weights and per-tensor int8 activations),
 calibrated on the first --calibrate CIFAR training images; it needs NormZoo's ``[deploy]``
-extra (``pip install -e ".[deploy]"``).
+extra (``pip install -e ".[deploy]"``). --recalibrate first re-estimates the norms' running
+statistics on those images, augmented as in training (:func:`zoo.recalibrate_norms`).
 """
 
 from __future__ import annotations
@@ -176,9 +177,22 @@ def _check_out(path: Path, force: bool) -> None:
         raise ValueError(f"--out {path}: the folder {path.parent} does not exist")
 
 
+def _augmented(images: torch.Tensor) -> torch.Tensor:
+    """uint8 CIFAR images as the recipes train on them (seeded): a random 32x32 crop of the
+    4-pixel zero-padded image, a horizontal flip. Statistics re-estimated on unaugmented
+    training images cost resnet20_bn 3 points of test top-1 (docs/deploy.md)."""
+    from torchvision.transforms import v2  # imported on use: slow to import
+
+    augment = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return torch.stack([augment(image) for image in images])
+
+
 def run(args, say=print) -> int:
     from .data import load_cifar
     from .evaluate import cifar_batches, evaluate, split_name
+    from .norms.running_stats import recalibrate_norms
     from .preprocessing import default_preprocessing, eval_transforms
     from .registry import create_model
 
@@ -199,16 +213,24 @@ def run(args, say=print) -> int:
     say(f"{args.model} ({model.config.get('weights') or 'untrained'}), {split}")
     say(f"before: top-1 {top1(model):.2f}% (fp32)")
     deployed, steps = model, ["fp32"]
-    if args.int8:
+    if args.int8 or args.recalibrate:
         train = load_cifar(args.data, "train")
-        calibration = cifar_batches(train.images[: args.calibrate], train.labels[: args.calibrate],
-                                    transform, args.batch_size)
-        deployed, report = quantize_int8(model, calibration)
-        steps = ["folded", "int8"]
+        images_c, labels_c = train.images[: args.calibrate], train.labels[: args.calibrate]
+
+        def calibration():
+            return cifar_batches(images_c, labels_c, transform, args.batch_size)
+    if args.recalibrate:
+        augmented = cifar_batches(_augmented(images_c), labels_c, transform, args.batch_size)
+        say(f"recalibrated {recalibrate_norms(model, augmented)} norm(s) on {len(labels_c)} "
+            f"augmented training images")
+        steps = ["recalibrated", "fp32"]
+    if args.int8:
+        deployed, report = quantize_int8(model, calibration())
+        steps = steps[:-1] + ["folded", "int8"]
         say(str(report))
     elif args.fold:
         deployed, report = fold_norms(model)
-        steps = ["folded", "fp32"]
+        steps = steps[:-1] + ["folded", "fp32"]
         say(str(report))
     say(f"after: top-1 {top1(deployed):.2f}% ({', '.join(steps)})")
     size = save_model(deployed, transform(images[:2]), out)
@@ -225,8 +247,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fold", action="store_true", help="fold the norms into the convs")
     parser.add_argument("--int8", action="store_true",
                         help="int8 post-training quantization (folds first); needs the [deploy] extra")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="first re-estimate the norms' running statistics on the --calibrate "
+                             "images, augmented as in training (zoo.recalibrate_norms: for "
+                             "averaged weights or new data)")
     parser.add_argument("--calibrate", type=positive_int(), default=1000,
-                        help="training images to calibrate int8 on (default: %(default)s)")
+                        help="training images to calibrate int8 (and --recalibrate) on "
+                             "(default: %(default)s)")
     parser.add_argument("--data", required=True, help="the CIFAR folder (python layout)")
     parser.add_argument("--limit", type=positive_int(), default=1000,
                         help="test images to score before and after (default: %(default)s)")

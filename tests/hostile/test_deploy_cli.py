@@ -49,6 +49,22 @@ def test_fold_int8_and_export_to_pt2(tiny_cifar10, tmp_path, capsys):
     assert out_file.is_file()
 
 
+def test_recalibrate_then_fold(tiny_cifar10, tmp_path, capsys):
+    out_file = tmp_path / "model.onnx"
+    rc, out, err = _deploy(capsys, "resnet20_l1bn", "--recalibrate", "--calibrate", "16", "--fold",
+                           "--data", tiny_cifar10, "--out", out_file)
+    assert rc == 0, err
+    assert "recalibrated 19 norm(s) on 16 augmented training images" in out
+    assert "% (recalibrated, folded, fp32)" in out and out_file.is_file()
+
+
+def test_recalibrate_a_model_without_running_statistics(tiny_cifar10, tmp_path, capsys):
+    rc, out, err = _deploy(capsys, "resnet20_gn", "--recalibrate", "--calibrate", "16",
+                           "--data", tiny_cifar10, "--out", tmp_path / "m.onnx")
+    assert rc == 2 and not (tmp_path / "m.onnx").exists()
+    one_error_line(err, "no norm with running statistics")
+
+
 def test_int8_without_the_extra(tiny_cifar10, tmp_path, capsys, monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] == "torchao"] + ["torchao"]:
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed, imported or not
