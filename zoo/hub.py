@@ -136,7 +136,9 @@ def local_weights(path: Union[str, Path], *, measured: bool = True) -> Weights:
 
 def register(path: Union[str, Path], *, default: bool = False, ship: bool = False,
              hub_repo_id: Optional[str] = None, mirror_url: Optional[str] = None) -> dict:
-    """Add or replace the checkpoint's manifest entry; ``ship`` copies it into the package.
+    """Add the checkpoint's manifest entry, or update it for the same file (its Hub repo or
+    mirror); other weights under a registered name are refused. ``ship`` copies it into the
+    package.
 
     The first weights of a model become its default; ``default=True`` moves the default.
     Nothing is written before the entry is valid; registers in other processes wait for the
@@ -154,10 +156,12 @@ def register(path: Union[str, Path], *, default: bool = False, ship: bool = Fals
     if problems:
         raise WeightsError(f"{path} cannot be registered: {'; '.join(problems)}. Save it again "
                            f"with zoo.save_checkpoint")
+    _check_same_weights(previous, entry, path)
     with manifest_lock(manifest_file):
         data = load_manifest(manifest_file)  # again: another register may have written since
         current = _entry_named(data, name)
         if current != previous:  # its revision or mirror may have changed meanwhile
+            _check_same_weights(current, entry, path)
             entry = dict(make_entry(path, hub_repo_id=hub_repo_id, mirror_url=mirror_url,
                                     previous=current), shipped=entry["shipped"])
         same_model = [e for e in data["weights"] if e["model"] == entry["model"] and e["name"] != name]
@@ -183,6 +187,17 @@ def register(path: Union[str, Path], *, default: bool = False, ship: bool = Fals
         finally:
             tmp.unlink(missing_ok=True)
     return entry
+
+
+def _check_same_weights(registered: Optional[dict], entry: dict, path) -> None:
+    """A name already in the manifest is registered again only for the same file (a new
+    mirror, say): a weights tag never changes meaning."""
+    if registered is not None and registered["sha256"] != entry["sha256"]:
+        raise WeightsError(
+            f"{entry['name']} already names other weights (sha256 {registered['sha256'][:12]}..., "
+            f"{path} has {entry['sha256'][:12]}...), and a weights tag never changes meaning: "
+            f"save the new weights under a new tag (python -m train ... --tag NEW, or "
+            f"zoo.save_checkpoint(..., tag=NEW))")
 
 
 def _entry_named(manifest: dict, name: Optional[str]) -> Optional[dict]:

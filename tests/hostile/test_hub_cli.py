@@ -160,8 +160,8 @@ def test_register_ship_changes_no_file_until_the_manifest_is_written(case, regis
         file = _relabelled(checkpoint, tmp_path / "clash.safetensors", tag="other")
         fragment = "name must be '{model}.{tag}'"
     else:
-        file = _relabelled(checkpoint, tmp_path / "newer.safetensors",
-                           metrics=dict(CLI_METRICS, top1=51.0))
+        file = _relabelled(checkpoint, tmp_path / "second.safetensors", tag="second",
+                           name="resnet20_gn.second")
 
         def full_disk(*args, **kwargs):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(registered_manifest))
@@ -198,6 +198,23 @@ def test_registers_that_overlap_keep_every_entry(manifest, checkpoint, tmp_path,
     entries = load_manifest(manifest)["weights"]
     assert [e["name"] for e in entries] == ["resnet20_gn.second", "resnet20_gn.third", CLI_NAME]
     assert [e["default"] for e in entries] == [True, False, False]  # still one default
+
+
+def test_register_refuses_other_weights_under_a_registered_name(registered_manifest, checkpoint,
+                                                                 tmp_path, capsys):
+    """A re-register replaced the entry, so the tag named new weights (pinned to the old
+    entry's Hub revision): a weights tag never changes meaning."""
+    file = _relabelled(checkpoint, tmp_path / "newer.safetensors", metrics=dict(CLI_METRICS, top1=51.0))
+    shipped = registered_manifest.parent / "pretrained" / f"{CLI_NAME}.safetensors"
+    before, before_shipped = registered_manifest.read_bytes(), shipped.read_bytes()
+    capsys.readouterr()
+    assert zoo.hub.main(["register", str(file), "--ship"]) == 2
+    one_error_line(capsys.readouterr().err, f"{CLI_NAME} already names other weights",
+                   "--tag NEW")
+    assert registered_manifest.read_bytes() == before and shipped.read_bytes() == before_shipped
+    assert zoo.hub.main(["register", str(checkpoint), "--mirror-url", "http://127.0.0.1:9/m"]) == 0
+    entry, = load_manifest(registered_manifest)["weights"]  # the same file: its mirror updated
+    assert entry["mirror_url"] == "http://127.0.0.1:9/m"
 
 
 @pytest.mark.parametrize("field, value", [("top1", float("nan")), ("top1", 1e9), ("top5", "x"),
