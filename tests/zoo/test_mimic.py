@@ -11,6 +11,7 @@ import zoo
 from zoo import reference
 from zoo.models import BasicBlock, Bottleneck
 from zoo.norms.mimic import init_mimic, is_weight_mean_conv
+from zoo.weights import read_metadata
 
 
 def _blocks(model):
@@ -188,3 +189,63 @@ def test_logits_are_batch_normalized_in_training_and_use_running_stats_in_eval()
                                                bn.running_var, training=False, eps=bn.eps)
         torch.testing.assert_close(model(x[:1]), expected)
     assert math.isclose(bn.momentum, 0.1)
+
+
+# logits_bn=False: the paper's "weight mean only" (Table 2), a norm_kwargs switch of mimic
+
+WEIGHT_MEAN_ONLY = {"logits_bn": False}
+
+
+def test_logits_bn_false_drops_only_the_logits_bn(tmp_path):
+    model = zoo.create_model("resnet20_mimic", norm_kwargs=WEIGHT_MEAN_ONLY)
+    default = zoo.create_model("resnet20_mimic")
+    assert model.logits_norm is None and isinstance(default.logits_norm, nn.BatchNorm1d)
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+    assert model.config["norm_kwargs"] == WEIGHT_MEAN_ONLY
+    assert default.config["norm_kwargs"] == {"logits_bn": True}
+    # the rest is MimicNorm's: the same tensors, weight-mean convs and residual scales
+    assert set(model.state_dict()) == {k for k in default.state_dict() if not k.startswith("logits_norm.")}
+    assert [n for n, m in model.named_modules() if is_weight_mean_conv(m)] == \
+        [n for n, m in default.named_modules() if is_weight_mean_conv(m)]
+    assert model.head_names() == ["fc"]
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _logits_before_bn(model, x))  # raw logits, no norm
+        model.eval()
+        expected = model(x)
+
+    path = zoo.save_checkpoint(model, tmp_path / "wm.safetensors", tag="t")
+    assert read_metadata(path)["norm_kwargs"] == WEIGHT_MEAN_ONLY
+    loaded = zoo.create_model("resnet20_mimic", weights=path).eval()
+    assert loaded.logits_norm is None and loaded.config["norm_kwargs"] == WEIGHT_MEAN_ONLY
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+    with pytest.raises(zoo.WeightsError, match="trained with norm_kwargs=.'logits_bn': False"):
+        zoo.create_model("resnet20_mimic", weights=path, norm_kwargs={"logits_bn": True})
+    loaded.reset_classifier(5)  # a new head stays without the logits BN
+    assert loaded.logits_norm is None and loaded(x).shape == (8, 5)
+
+
+def test_checkpoints_from_before_the_switch_keep_their_logits_bn():
+    model = zoo.create_model("resnet20_mimic", weights="cifar10")  # norm_kwargs {} in the file
+    assert isinstance(model.logits_norm, nn.BatchNorm1d) and model.config["norm_kwargs"]["logits_bn"]
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_logits_bn_takes_a_bool_only(value):
+    with pytest.raises(ValueError, match=r"mimic's logits_bn is True \(BatchNorm1d on the logits"):
+        zoo.create_model("resnet20_mimic", norm_kwargs={"logits_bn": value})
+    with pytest.raises(ValueError, match="does not take 'logit_bn'; its norm_kwargs are: logits_bn"):
+        zoo.create_model("resnet20_mimic", norm_kwargs={"logit_bn": False})
+
+
+def test_fold_freeze_and_recalibrate_find_no_norm_in_weight_mean_only():
+    model = zoo.create_model("resnet20_mimic", norm_kwargs=WEIGHT_MEAN_ONLY).eval()
+    x = torch.randn(4, 3, 32, 32)
+    folded, report = zoo.fold_norms(model)
+    assert (report.folded, report.kept) == ([], [])
+    with torch.no_grad():
+        assert torch.equal(folded(x), model(x))
+    assert zoo.freeze_norms(model).frozen == {}
+    with pytest.raises(ValueError, match="no norm with running statistics to re-estimate"):
+        zoo.recalibrate_norms(model, [x])

@@ -33,7 +33,8 @@ def apply_norm_init(model: nn.Module, norm: NormSpec, family: str, variant: str)
 
 def new_logits_norm(norm: NormSpec, num_classes: int, like: torch.Tensor):
     """The norm's logits norm for a new class count, on ``like``'s device and dtype (or None)."""
-    return norm.logits_norm(num_classes).to(like) if norm.logits_norm else None
+    layer = norm.logits_layer(num_classes)
+    return None if layer is None else layer.to(like)
 
 
 def checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ class ZooNet(nn.Module):
             classifier = nn.Identity()
         parent, _, child = self._classifier.rpartition(".")
         setattr(self.get_submodule(parent) if parent else self, child, classifier)
-        self.logits_norm = new_logits_norm(self._norm, num_classes, like) if num_classes else None
+        self.logits_norm = new_logits_norm(self._norm, num_classes, like)
         for module in (classifier, self.logits_norm):
             if module is not None:
                 module.train(self.training)  # a new module would be in training mode

@@ -172,7 +172,7 @@ class ResNet(ZooNet):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = self.inplanes
         self.fc = nn.Linear(self.inplanes, num_classes) if num_classes else nn.Identity()
-        self.logits_norm = norm.logits_norm(num_classes) if norm.logits_norm and num_classes else None
+        self.logits_norm = norm.logits_layer(num_classes)
         self._classifier, self._family = "fc", "resnet"
         stem_stride = 2 if variant == "imagenet" else 1
         self.feature_info = [{"module": "relu", "num_chs": widths[0], "reduction": stem_stride}] + [

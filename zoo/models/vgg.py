@@ -71,7 +71,7 @@ class VGG(ZooNet):
             nn.Linear(4096, num_classes) if num_classes else nn.Identity(),
         )
         self.num_features = 4096
-        self.logits_norm = norm.logits_norm(num_classes) if norm.logits_norm and num_classes else None
+        self.logits_norm = norm.logits_layer(num_classes)
         self._classifier, self._family = f"classifier.{len(self.classifier) - 1}", "vgg"
 
         # Only the VGG's own layers: norms (ILM has Linear layers) initialise themselves.

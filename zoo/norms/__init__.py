@@ -52,8 +52,9 @@ class NormSpec:
     # Whether a projection shortcut's conv has a bias: (variant, block expansion) -> bool.
     # None: as conv_bias.
     shortcut_conv_bias: Optional[Callable[[str, int], bool]] = None
-    # A norm applied to the logits, built for num_classes.
-    logits_norm: Optional[Callable[[int], nn.Module]] = None
+    # A norm applied to the logits: logits_norm(num_classes, **kwargs), as make; it may return
+    # None where the kwargs leave it out (mimic's logits_bn=False).
+    logits_norm: Optional[Callable[..., Optional[nn.Module]]] = None
     # Runs once the architecture has built and initialised itself, to re-initialise or
     # transform it: init_model(model, family ("resnet"/"vgg"), variant ("imagenet"/"cifar")).
     init_model: Optional[Callable[[nn.Module, str, str], None]] = None
@@ -90,6 +91,12 @@ class NormSpec:
     def layer(self, num_channels: int) -> Optional[nn.Module]:
         """The norm layer for one slot of ``num_channels`` channels (``None``: empty slot)."""
         return self.make(num_channels, **self.kwargs)
+
+    def logits_layer(self, num_classes: int) -> Optional[nn.Module]:
+        """The norm on ``num_classes`` logits (``None``: none, or no classifier)."""
+        if not (self.logits_norm and num_classes):
+            return None
+        return self.logits_norm(num_classes, **self.kwargs)
 
     def with_kwargs(self, **kwargs: Any) -> "NormSpec":
         """This norm with some of its keyword arguments changed (see ``kwargs``)."""
@@ -292,11 +299,21 @@ register_norm(NormSpec(
     paper=_ILM_PAPER,
     channels_last=False,
 ))
+def _mimic_logits_norm(num_classes: int, logits_bn: bool) -> Optional[nn.Module]:
+    # logits_bn=False is the paper's "weight mean only" ablation (Table 2).
+    if not isinstance(logits_bn, bool):
+        raise ValueError(f"mimic's logits_bn is True (BatchNorm1d on the logits, the paper's "
+                         f"MimicNorm) or False (none: its \"weight mean only\"), not {logits_bn!r}")
+    return nn.BatchNorm1d(num_classes, affine=False) if logits_bn else None
+
+
 register_norm(NormSpec(
     name="mimic",
     title="MimicNorm",
-    rule="empty slot; zero-mean conv filters, residual scales, BatchNorm1d on the logits",
-    make=lambda c: None,
+    rule="empty slot; zero-mean conv filters, residual scales, BatchNorm1d on the logits "
+         "(logits_bn=False: none)",
+    make=lambda c, logits_bn: None,
+    kwargs={"logits_bn": True},
     paper="Fei, Dai, Li, Zou & Xiong, AAAI 2021, arXiv:2010.09278",
     conv_bias=True,
     residual_scale=lambda k, expansion: 1.2 ** (2 if expansion == 1 else 3) / k,
@@ -304,7 +321,7 @@ register_norm(NormSpec(
     # The authors' CIFAR bottleneck builds its shortcut conv with bias=False; their CIFAR basic
     # block and ImageNet blocks keep a bias there, like every other conv.
     shortcut_conv_bias=lambda variant, expansion: variant == "imagenet" or expansion == 1,
-    logits_norm=lambda num_classes: nn.BatchNorm1d(num_classes, affine=False),
+    logits_norm=_mimic_logits_norm,
     init_model=init_mimic,
 ))
 
