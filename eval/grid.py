@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What a finished cell must share with the cell asked for (the trainer's own --resume rule,
 # applied to finished runs too); paths and speed flags may differ.
-SETTINGS = ("model", "seed", "limit_train", "num_classes", "weights", "checkpoint",
+SETTINGS = ("model", "norm_kwargs", "seed", "limit_train", "num_classes", "weights", "checkpoint",
             "freeze_backbone", "freeze_norms", "recalibrate_norms")
 
 
@@ -45,9 +45,9 @@ class Cell:
 
 
 def settings(flags: Iterable[str]) -> dict:
-    """What a run with these trainer flags trains: the model, the recipe after the method's
-    adjustments and the overrides, the seed and the starting weights."""
-    from train.cli import parser
+    """What a run with these trainer flags trains: the model and its norm's arguments, the
+    recipe after the method's adjustments and the overrides, the seed and the starting weights."""
+    from train.cli import norm_kwargs, parser
     from train.recipes import for_model, get_recipe, override
     from zoo import parse_model_name
 
@@ -58,7 +58,8 @@ def settings(flags: Iterable[str]) -> dict:
     recipe, _ = for_model(get_recipe(args.recipe), parse_model_name(args.model)[1],
                           keep=tuple(k for k, v in overrides.items() if v is not None))
     recipe = override(recipe, **overrides)
-    return {**{k: getattr(args, k) for k in SETTINGS}, "recipe": dataclasses.asdict(recipe)}
+    return {**{k: getattr(args, k) for k in SETTINGS}, "recipe": dataclasses.asdict(recipe),
+            "norm_kwargs": norm_kwargs(args.model, args.norm_kwargs)}
 
 
 def recorded_flags(command: str) -> list[str]:

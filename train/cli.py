@@ -13,12 +13,15 @@ A new run needs a folder without another run's files.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
+from typing import Optional
 
 import torch
 
+import zoo
 from zoo.cli import add_download_argument, rank
 
 from .recipes import RECIPES
@@ -26,7 +29,8 @@ from .recipes import RECIPES
 
 RESUME_HELP = (
     "continue from OUT/checkpoint.pt. The command must repeat the run's --model, --recipe and "
-    "its overrides (--epochs, --batch-size, --lr, --warmup-epochs, --amp, --zero-init-residual), --seed, "
+    "its overrides (--epochs, --batch-size, --lr, --warmup-epochs, --amp, --zero-init-residual), "
+    "--norm-kwargs, --seed, "
     "--limit-train, data (the dataset and its number of training images), --num-classes, "
     "--weights/--checkpoint (the same weights), --freeze-backbone, --freeze-norms and memory "
     "format (--channels-last; by default the run's own); a mismatch is refused. These may change: "
@@ -66,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="override the recipe's start of every block's last norm gain at 0 (and "
                         "a method's own: the Norm Matters layers default to on)")
+    p.add_argument("--norm-kwargs", metavar="JSON",
+                   help="the norm's own arguments as a JSON object (zoo.create_model's norm_kwargs), "
+                        "e.g. '{\"logits_bn\": false}': mimic without its logits BN, the paper's "
+                        "\"weight mean only\"")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="memory format (default: the norm's measured preference, "
                         "zoo.prefers_channels_last; a resumed run keeps its own)")
@@ -97,6 +105,30 @@ def parse_args(argv=None):
     args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as the run's command
     return args
+
+
+def norm_kwargs(model: str, text: Optional[str]) -> dict:
+    """``--norm-kwargs`` ``text`` for ``model``'s norm: the arguments it sets to other values than
+    the norm's defaults (naming a default changes nothing a resume or a grid compares). One
+    ValueError for text that is not a JSON object or names an argument the norm does not take."""
+    if text is None:
+        return {}
+    example = """e.g. --norm-kwargs '{"logits_bn": false}'"""
+    try:
+        given = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--norm-kwargs {text!r} is not JSON ({e}); pass a JSON object, "
+                         f"{example}") from None
+    if not isinstance(given, dict):
+        raise ValueError(f"--norm-kwargs takes a JSON object of the norm's arguments, not "
+                         f"{text!r}; {example}")
+    spec = zoo.get_norm(zoo.parse_model_name(model)[1])
+    try:
+        spec.with_kwargs(**given)
+    except ValueError as e:
+        raise ValueError(f"--norm-kwargs: {e}") from None
+    default = spec.kwargs
+    return {k: v for k, v in given.items() if type(v) is not type(default[k]) or v != default[k]}
 
 
 def command_line(argv=None) -> str:

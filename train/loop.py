@@ -27,7 +27,7 @@ from zoo.heads import new_head
 from zoo.progress import progress_bar
 from zoo.weights import cache_dir, sha256sum
 
-from .cli import command_line, parse_args, say
+from .cli import command_line, norm_kwargs, parse_args, say
 from .data import CifarTrainBatches, imagenet_train_loader
 from .finish import export, plot_curves, score, test_figure
 from .recipes import Recipe, for_model, get_recipe, override
@@ -77,6 +77,7 @@ class Run:
         self.folder = RunFolder(self.out)
         self.device = torch.device(args.device)
         arch, norm = zoo.parse_model_name(args.model)
+        self.norm_kwargs = norm_kwargs(args.model, args.norm_kwargs)
         overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                      "warmup_epochs": args.warmup_epochs, "amp": args.amp,
                      "zero_init_residual": args.zero_init_residual}
@@ -117,7 +118,7 @@ class Run:
         self.stop_requested = False
         self.must_match = must_match(args, self.recipe,
                                      f"{self.dataset} with {self.train_images} training images",
-                                     _num_classes(self.dataset), self.start_weights)
+                                     _num_classes(self.dataset), self.start_weights, self.norm_kwargs)
 
     def _wrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         """What the steps call: the model, under DDP in a process group (SyncBatchNorm with
@@ -163,9 +164,11 @@ class Run:
                 raise ValueError("--freeze-norms needs --weights or --checkpoint: trained norm "
                                  "statistics to keep")
             self.start_weights = None
-            return zoo.create_model(args.model, num_classes=num_classes,
+            return zoo.create_model(args.model, num_classes=num_classes, norm_kwargs=self.norm_kwargs,
                                     **({"zero_init_residual": True} if self.recipe.zero_init_residual else {}))
-        model = zoo.create_model(args.model, weights=start, progress=rank() == 0)
+        # the weights' own norm_kwargs; other values given here are refused
+        model = zoo.create_model(args.model, weights=start, progress=rank() == 0,
+                                 norm_kwargs=self.norm_kwargs)
         # the weights themselves, not the path given: a moved checkpoint still resumes
         self.start_weights = (model.config["weights"] if args.weights
                               else f"sha256 {sha256sum(model.config['weights'])[:16]}")

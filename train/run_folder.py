@@ -47,9 +47,11 @@ class DiskFullError(Exception):
 
 
 def must_match(args, recipe: Recipe, data: str, num_classes: int,
-               start_weights: Optional[str]) -> dict:
-    """What a --resume must repeat (RESUME_HELP), by flag; the checkpoint records it."""
+               start_weights: Optional[str], norm_kwargs: dict) -> dict:
+    """What a --resume must repeat (RESUME_HELP), by flag; the checkpoint records it.
+    ``norm_kwargs``: the norm's arguments that --norm-kwargs sets to other than the defaults."""
     return {"--model": args.model, "recipe": _settings(dataclasses.asdict(recipe)),
+            "--norm-kwargs": norm_kwargs,
             "--seed": args.seed, "--limit-train": args.limit_train, "data": data,
             "--num-classes": num_classes, "--weights/--checkpoint": start_weights,
             "--freeze-backbone": args.freeze_backbone, "--freeze-norms": args.freeze_norms,
@@ -176,7 +178,9 @@ class RunFolder:
     def _check_same_run(self, state: dict, must_match: dict) -> None:
         """Refuse a --resume that changes what the run must keep (RESUME_HELP), naming each
         change with both values."""
-        recorded = _plain(state.get("must_match") or self._recorded_before_must_match(state))
+        # runs from before --norm-kwargs trained their norm's defaults
+        recorded = {"--norm-kwargs": {},
+                    **_plain(state.get("must_match") or self._recorded_before_must_match(state))}
         now = _plain(must_match)
         changes = []
         for key, was in recorded.items():

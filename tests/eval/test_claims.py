@@ -3,11 +3,13 @@ published checkpoints count as seed 0, and a finished cell read back into its cl
 
 import json
 import math
+import shlex
 import statistics
 
 import pytest
 
 import claims  # eval/claims.py (pyproject's pythonpath)
+import grid
 import zoo
 from zoo import report
 
@@ -93,3 +95,17 @@ def test_unknown_claims_are_refused(data_root, tmp_path, capsys):
                         str(tmp_path / "runs")]) == 2
     assert "unknown claim 'l2bn'; claims: l1bn_matches_bn" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_grid_settings_tell_runs_apart_by_their_norm_kwargs(tmp_path):
+    base = ("--model", "resnet20_mimic", "--recipe", "test_tiny")
+    wm_only = grid.Cell("wm", (*base, "--norm-kwargs", '{"logits_bn": false}'))
+    assert grid.settings(wm_only.flags)["norm_kwargs"] == {"logits_bn": False}
+    assert grid.settings((*base, "--norm-kwargs", '{"logits_bn": true}')) == grid.settings(base)
+    folder = tmp_path / "wm"
+    folder.mkdir()
+    (folder / "recipe.json").write_text(json.dumps(
+        {"command": f"python -m train {shlex.join(base)} --data D --out O"}))
+    with pytest.raises(grid.GridError, match=r"norm_kwargs \{\} there, \{'logits_bn': False\} here"):
+        grid.check_same_run(folder, wm_only)
+    grid.check_same_run(folder, grid.Cell("wm", base))  # the same run: no error

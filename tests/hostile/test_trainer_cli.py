@@ -79,6 +79,7 @@ def test_resume_refuses_each_setting_the_run_must_keep(data_root, tmp_path, stop
         (["--amp"], ["--amp False in the run, True here"]),
         (["--channels-last" if not channels_last else "--no-channels-last"],
          [f"--channels-last {channels_last} in the run, {not channels_last} here"]),
+        (["--norm-kwargs", '{"eps": 0.001}'], ["--norm-kwargs {} in the run, {'eps': 0.001} here"]),
         (["--checkpoint", start, "--freeze-backbone", "--freeze-norms"],
          [f"--weights/--checkpoint none in the run, sha256 {start_sha} here",
           "--freeze-backbone False in the run, True here",
@@ -110,7 +111,8 @@ def test_resume_may_change_where_the_data_is_and_how_it_runs(data_root, tmp_path
     moved.symlink_to(data_root / "cifar10")
     argv = ["--model", "resnet20_gn", "--recipe", "test_tiny", "--data", str(moved), "--out",
             str(stopped_run), "--limit-train", "128", "--resume", "--test-data",
-            str(data_root / "cifar10"), "--device", "cpu", "-j", "1", "--tag", "mine"]
+            str(data_root / "cifar10"), "--device", "cpu", "-j", "1", "--tag", "mine",
+            "--norm-kwargs", '{"eps": 1e-05}']  # gn's default: no change
     assert train.loop.main(argv) == 0
     assert capsys.readouterr().err == ""
     assert (stopped_run / "model.safetensors").is_file()
@@ -127,7 +129,10 @@ def test_a_run_started_before_the_record_is_checked_against_recipe_json(data_roo
     before = files(stopped_run)
     for extra, named in ((["--seed", 1], "--seed 0 in the run, 1 here"),
                          (["--limit-train", 192], "--limit-train 128 in the run, 192 here"),
-                         (["--lr", 0.01], "--lr 0.05 in the run, 0.01 here")):
+                         (["--lr", 0.01], "--lr 0.05 in the run, 0.01 here"),
+                         # from before --norm-kwargs too: it trained the norm's defaults
+                         (["--norm-kwargs", '{"eps": 0.001}'],
+                          "--norm-kwargs {} in the run, {'eps': 0.001} here")):
         assert train.loop.main(tiny(data_root, stopped_run, "--resume", *extra)) == 2
         assert named in error_line(capsys)
     assert files(stopped_run) == before
@@ -186,6 +191,12 @@ def test_a_new_run_in_an_empty_folder_writes_its_own_log(data_root, tmp_path, ca
     (["--lr", "inf"], "--lr must be a finite number above 0, not inf"),
     (["--limit-train", 0], "--limit-train must be at least 1, not 0"),
     (["--limit-train", -5], "--limit-train must be at least 1, not -5"),
+    (["--norm-kwargs", "{eps: 0.001}"], "--norm-kwargs '{eps: 0.001}' is not JSON (Expecting "
+                                        "property name enclosed in double quotes"),
+    (["--norm-kwargs", "[0.001]"], "--norm-kwargs takes a JSON object of the norm's arguments, "
+                                   "not '[0.001]'; e.g. --norm-kwargs '{\"logits_bn\": false}'"),
+    (["--norm-kwargs", '{"groups": 4}'], "--norm-kwargs: norm 'gn' does not take 'groups'; its "
+                                         "norm_kwargs are: eps, max_groups, min_group_channels"),
 ])
 def test_values_that_cannot_train_are_refused_before_anything_is_written(
         data_root, tmp_path, capsys, extra, message):

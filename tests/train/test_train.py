@@ -417,6 +417,22 @@ def test_tiny_run_learns_and_exports(norm, data_root, cifar, tmp_path, temp_mani
     assert after < before, (before, after)
 
 
+def test_norm_kwargs_train_the_model_they_name_and_are_recorded(data_root, tmp_path, capsys):
+    """mimic's "weight mean only" (--norm-kwargs '{"logits_bn": false}'): the checkpoints, the
+    recorded command and the resume record carry it; val top-1 is logged every epoch."""
+    out = tmp_path / "run"
+    argv = tiny_args("resnet20_mimic", data_root, out, "--limit-train", 96, "--norm-kwargs",
+                     '{"logits_bn": false}')
+    assert train.loop.main(argv) == 0
+    assert [("val_acc" in r, r["epoch"]) for r in rows(out)] == [(True, 1), (True, 2)]
+    assert checkpoint(out)["must_match"]["--norm-kwargs"] == {"logits_bn": False}
+    meta = read_metadata(out / "model.safetensors")
+    assert meta["norm_kwargs"] == {"logits_bn": False}
+    assert """--norm-kwargs '{"logits_bn": false}'""" in meta["recipe"]["command"]
+    model = zoo.create_model("resnet20_mimic", weights=out / "model.safetensors")
+    assert model.logits_norm is None and "logits_norm.running_mean" not in load_file(out / "model.safetensors")
+
+
 # ---------------------------------------------------------------------------------------------
 # Precise BN: --recalibrate-norms
 
