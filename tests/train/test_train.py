@@ -161,6 +161,19 @@ def test_every_recipe_is_printable_and_named_by_its_key():
         get_recipe("nope")
 
 
+def test_mimic_lr_cifar10_is_the_first_10_epochs_of_mimic_cifar100_with_val_images():
+    first10, paper = RECIPES["mimic_lr_cifar10"], RECIPES["mimic_cifar100"]
+    assert dataclasses.replace(first10, name=paper.name, dataset="cifar100", epochs=150,
+                               milestones=paper.milestones, val_images=0,
+                               source=paper.source) == paper
+    assert min(paper.milestones) > first10.epochs and first10.val_images == 5000
+    # no lr step in its 10 epochs: the 2-epoch warm-up, then lr (the factor) stays at 1
+    factor = lr_lambda(first10, steps_per_epoch=176)
+    assert [factor(s) for s in (0, 176, 352, 1759)] == pytest.approx([0.1, 0.55, 1, 1])
+    for norm in ("bn", "mimic", "none"):
+        assert for_model(first10, norm) == (first10, [])  # every model trains the same recipe
+
+
 def test_for_model_applies_each_methods_requirements():
     tiny = RECIPES["test_tiny"]
     assert for_model(tiny, "bn") == (tiny, [])
