@@ -10,8 +10,10 @@ folder under --runs (eval/grid.py: resumable, a finished cell is read back, one 
 other settings is refused). A published checkpoint whose recorded command trains the same
 settings counts as the arm's seed 0. Each claim gets its arms' mean and standard deviation
 over seeds, the paired difference (arm a - arm b, seed by seed) with a 95% t interval, and a
-verdict (VERDICTS). Writes claims.csv (every cell) and claims.json (settings and every claim's
-figures) to --results; docs/claims.md is generated from them (tools/update_docs.py).
+verdict (VERDICTS). A learning-rate claim (LrClaim) is a table instead: models x learning
+rates at one seed, each cell its best val top-1 within the recipe's epochs. Writes claims.csv
+(every cell) and claims.json (settings and every claim's figures) to --results;
+docs/claims.md is generated from them (tools/update_docs.py).
 """
 
 from __future__ import annotations
@@ -38,8 +40,14 @@ VERDICTS = {
                f"not hold if it lies wholly outside; otherwise not resolved at this n",
     "better": "holds if the 95% interval of the difference lies above 0; does not hold if it "
               "lies below 0; otherwise not resolved at this n",
+    "lr_robust": f"holds if model a's best val top-1 within the recipe's epochs exceeds model "
+                 f"b's by more than {MARGIN:g} points at every learning rate judged; does not "
+                 f"hold if it is below b's at every one; otherwise not resolved. One seed: a "
+                 f"verdict is one draw. A run that diverged before its first validation counts "
+                 f"as chance",
 }
 MIN_SEEDS = 3
+CHANCE = 10.0  # CIFAR-10 top-1 % of a model that learned nothing (NaN logits: argmax 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,58 @@ class Claim:
     note: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class LrRow:
+    label: str               # as the table shows it
+    name: str                # its arms' names: NAME.RECIPE.lrLR
+    flags: tuple[str, ...]   # trainer flags, without --recipe, --lr, --seed, --data and --out
+
+
+@dataclasses.dataclass(frozen=True)
+class LrClaim:
+    """Models x learning rates at one seed, each cell a run's best val top-1 within its
+    recipe's epochs; the verdict (VERDICTS[kind]) sets row ``a`` against row ``b`` at the
+    ``judged`` learning rates."""
+    key: str
+    title: str
+    paper: str
+    recipe: str
+    rows: tuple[LrRow, ...]
+    lrs: tuple[float, ...]
+    a: str                   # row names
+    b: str
+    judged: tuple[float, ...]
+    note: str = ""
+    seed: int = 0
+    kind: str = "lr_robust"
+
+    def arm(self, row: LrRow, lr: float) -> Arm:
+        return Arm(f"{row.name}.{self.recipe}.lr{lr}", (*row.flags, "--recipe", self.recipe, "--lr", str(lr)))
+
+    def arms(self) -> list[Arm]:
+        return [self.arm(row, lr) for row in self.rows for lr in self.lrs]
+
+
+def lr_row(label: str, model: str, *flags: str, variant: str = "") -> LrRow:
+    return LrRow(label, model + (f".{variant}" if variant else ""), ("--model", model, *flags))
+
+
+MIMIC_LR = LrClaim(
+    "mimic_lr_robust", "MimicNorm trains at learning rates where BN degrades",
+    "Fei et al., *MimicNorm*, AAAI 2021, Table 2: best CIFAR-100 top-1 in the first 10 epochs "
+    "by learning rate; at lr 0.1 no norm 1.24, weight mean only 36.49, MimicNorm 46.92, BN "
+    "32.4; at lr 1.0 MimicNorm 9.83, BN 3.93",
+    "mimic_lr_cifar10",
+    (lr_row("BN", "resnet20_bn"), lr_row("MimicNorm", "resnet20_mimic"),
+     lr_row("weight mean only (no logits BN)", "resnet20_mimic", "--norm-kwargs",
+            '{"logits_bn": false}', variant="wm_only"),
+     lr_row("no norm", "resnet20_none")),
+    lrs=(0.1, 0.4, 1.0, 2.0), a="resnet20_mimic", b="resnet20_bn", judged=(1.0, 2.0),
+    note="CIFAR-10 (our CIFAR-100 holds 486 training images), ResNet-20, seed 0 only; recipe "
+         "`mimic_lr_cifar10`: the first 10 epochs of the paper's CIFAR-100 recipe, best of the "
+         "10 epochs' val top-1 on 5,000 held-out images.",
+)
+
 CLAIMS = (
     Claim("l1bn_matches_bn", "L1 batch norm matches batch norm",
           "Hoffer et al., *Norm matters*, NeurIPS 2018: L1 BN matches L2 BN's accuracy on "
@@ -105,10 +165,12 @@ CLAIMS = (
           "mean-only BN and no weight decay, in place of BN", "matches",
           arm("resnet20_bwn", "--lr", "0.05"), BN,
           "bwn at lr 0.05: at 0.1 it diverged in epoch 1 (docs/training.md)."),
+    MIMIC_LR,
 )
 
-COLUMNS = ("arm", "model", "seed", "val_top1", "val_top1_se", "test_top1", "test_images",
-           "train_loss", "img_per_s", "minutes", "status", "source", "command", "commit")
+COLUMNS = ("arm", "model", "seed", "val_top1", "val_top1_se", "best_val_top1", "best_epoch",
+           "test_top1", "test_images", "train_loss", "img_per_s", "minutes", "status", "source",
+           "command", "commit")
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (1-10, 15, 20, 30).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -168,6 +230,10 @@ def cell_row(arm_: Arm, seed: int, args) -> Optional[dict]:
     if found is None and (args.train or (folder / "model.safetensors").is_file()
                           or (folder / "diverged.json").is_file()):
         trained = train_cell(cell, Path(args.runs), args.data, threads=os.cpu_count() or 1)
+        validated = [r for r in trained["rows"] if "val_acc" in r]  # a diverged run's too
+        best = max(validated, key=lambda r: r["val_acc"], default=None)
+        if best is not None:
+            row.update(best_val_top1=round(best["val_acc"], 2), best_epoch=best["epoch"])
         if trained["status"] != "ok":
             return {**row, "status": f"diverged at epoch {trained['epoch']}, step {trained['step']}",
                     "source": folder.name}
@@ -230,6 +296,51 @@ def verdict(kind: str, ci: Optional[list[float]], n: int) -> str:
     return f"not resolved at n={n}"
 
 
+def lr_summary(claim: LrClaim, rows: list[dict]) -> dict:
+    """A learning-rate claim's table from the cells' rows (each cell: best val top-1 and its
+    epoch, and its status; "pending" where it is not finished) and its verdict."""
+    found = {r["arm"]: r for r in rows if r["seed"] == claim.seed}
+
+    def cell(row: LrRow, lr: float) -> dict:
+        got = found.get(claim.arm(row, lr).name, {})
+        return {"lr": lr, "best_val_top1": got.get("best_val_top1"), "best_epoch": got.get("best_epoch"),
+                "status": got.get("status", "pending")}
+
+    table = [{"label": row.label, "name": row.name, "cells": [cell(row, lr) for lr in claim.lrs]}
+             for row in claim.rows]
+    by_name = {r["name"]: {c["lr"]: c for c in r["cells"]} for r in table}
+    a = {lr: score(by_name[claim.a][lr]) for lr in claim.judged}
+    b = {lr: score(by_name[claim.b][lr]) for lr in claim.judged}
+    diffs = {lr: round(a[lr] - b[lr], 2) for lr in claim.judged
+             if a[lr] is not None and b[lr] is not None}
+    return {"key": claim.key, "title": claim.title, "paper": claim.paper, "kind": claim.kind,
+            "note": claim.note, "recipe": claim.recipe, "seed": claim.seed, "a": claim.a,
+            "b": claim.b, "lrs": list(claim.lrs), "judged": list(claim.judged), "table": table,
+            "diffs": {str(lr): d for lr, d in diffs.items()},
+            "verdict": lr_verdict(list(diffs.values()), 2 * len(claim.judged),
+                                  sum(x is not None for x in (*a.values(), *b.values())))}
+
+
+def score(cell: dict) -> Optional[float]:
+    """What a table cell counts as in the verdict: its best val top-1; chance for a run that
+    diverged before its first validation; None while it is pending."""
+    if cell["best_val_top1"] is not None:
+        return cell["best_val_top1"]
+    return CHANCE if cell["status"].startswith("diverged") else None
+
+
+def lr_verdict(diffs: list[float], needed: int, finished: int) -> str:
+    """``diffs``: a's score minus b's at each learning rate judged where both cells are finished;
+    ``needed`` cells judged, ``finished`` of them done."""
+    if finished < needed:
+        return f"pending: {finished} of {needed} cells"
+    if all(d > MARGIN for d in diffs):
+        return "holds at one seed"
+    if all(d < 0 for d in diffs):
+        return "does not hold at one seed"
+    return "not resolved at one seed"
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from zoo.cli import cpu_name, git_commit
@@ -242,9 +353,11 @@ def main(argv=None) -> int:
     claims = [c for c in CLAIMS if c.key in args.claims]
     # the cells' trainer runs in the project root: paths from here must hold there too
     args.data, args.runs = str(Path(args.data).resolve()), str(Path(args.runs).resolve())
-    arms = list({a.name: a for c in claims for a in (c.a, c.b)}.values())
-    # seed by seed across arms: every claim gets its first pair before any gets its third
+    arms = list({a.name: a for c in claims if isinstance(c, Claim) for a in (c.a, c.b)}.values())
+    # seed by seed across arms: every claim gets its first pair before any gets its third;
+    # then the learning-rate tables, one seed each
     todo = [(a, s) for s in range(args.seeds) for a in arms]
+    todo += [(a, c.seed) for c in claims if isinstance(c, LrClaim) for a in c.arms()]
     try:
         rows, invocations = run_grid(todo, lambda cell: cell_row(*cell, args), 1, Path(args.runs),
                                      describe)
@@ -262,10 +375,13 @@ def main(argv=None) -> int:
         "command": "python eval/claims.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "commit": git_commit(), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "seeds": args.seeds, "margin": MARGIN, "verdicts": VERDICTS,
-        "claims": [summary(c, rows, args.seeds) for c in claims]}
+        "claims": [summary(c, rows, args.seeds) if isinstance(c, Claim) else lr_summary(c, rows)
+                   for c in claims]}
     (results / "claims.json").write_text(json.dumps(written, indent=2) + "\n")
     for c in written["claims"]:
-        print(f"{c['key']}: {c['verdict']} (n={c['n']}, difference {c['diff']}, 95% {c['ci']})")
+        figures = (f"a - b by lr: {c['diffs']}" if "table" in c
+                   else f"n={c['n']}, difference {c['diff']}, 95% {c['ci']}")
+        print(f"{c['key']}: {c['verdict']} ({figures})")
     print(f"wrote {results / 'claims.csv'} and claims.json ({len(rows)} cells finished of "
           f"{len(todo)}); now python tools/update_docs.py")
     return 0

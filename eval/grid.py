@@ -99,12 +99,18 @@ DIVERGED = re.compile(r"loss is \S+ at epoch (\d+), step (\d+): the run diverged
 
 def train_cell(cell: Cell, runs: Path, data: str, threads: int) -> dict:
     """Train the cell, or continue it, or read it back when it is done. Returns its folder,
-    its epoch rows (log.jsonl) and a status: "ok", or "diverged at epoch E, step S" (the
-    same seed diverges again, so a diverged cell is not retrained)."""
+    its epoch rows (log.jsonl; a diverged run's, those before it diverged) and a status:
+    "ok", or "diverged" with the epoch and step (the same seed diverges again, so a diverged
+    cell is not retrained)."""
     folder = runs / cell.name
     diverged = folder / "diverged.json"
+
+    def before_divergence() -> list[dict]:
+        log = folder / "log.jsonl"
+        return read_jsonl(log) if log.is_file() else []
+
     if diverged.is_file():
-        return {"folder": folder, "rows": [], **json.loads(diverged.read_text())}
+        return {"folder": folder, "rows": before_divergence(), **json.loads(diverged.read_text())}
     check_same_run(folder, cell)
     if not (folder / "model.safetensors").is_file():
         resume = (folder / "checkpoint.pt").is_file()
@@ -124,7 +130,7 @@ def train_cell(cell: Cell, runs: Path, data: str, threads: int) -> dict:
                                 f"{folder / 'train.log'}")
             result = {"status": "diverged", "epoch": int(match[1]), "step": int(match[2])}
             diverged.write_text(json.dumps(result) + "\n")
-            return {"folder": folder, "rows": [], **result}
+            return {"folder": folder, "rows": before_divergence(), **result}
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     return {"folder": folder, "rows": rows, "status": "ok"}
 

@@ -386,32 +386,67 @@ def _arm_figure(claim: dict, side: str) -> str:
             + (f"; test {test:.1f}" if test is not None else "") + f" (n={n})")
 
 
+def _lr_cell(cell: dict) -> str:
+    """A learning-rate table's cell: "45.12 (epoch 9)", "diverged in epoch 1", "pending"."""
+    best = cell["best_val_top1"]
+    if cell["status"].startswith("diverged"):
+        when = cell["status"].split(",")[0].replace("diverged at", "diverged in")
+        return when if best is None else f"{best:.2f} (epoch {cell['best_epoch']}), then {when}"
+    return "pending" if best is None else f"{best:.2f} (epoch {cell['best_epoch']})"
+
+
+def _lr_table(claim: dict) -> list[str]:
+    """A learning-rate claim (eval/claims.py's LrClaim): models x learning rates, each cell the
+    run's best val top-1 within the recipe's epochs, then the verdict."""
+    lrs = claim["lrs"]
+    judged = " and ".join(map(str, claim["judged"]))
+    diffs = "; ".join(f"lr {lr}: {d:+.2f}" for lr, d in claim["diffs"].items())
+    lines = [f"**{claim['title']}** (`{claim['key']}`). {claim['paper']}. {claim['note']} Best val "
+             f"top-1 % (and its epoch), recipe `{claim['recipe']}`, seed {claim['seed']}; arms "
+             f"`MODEL.{claim['recipe']}.lrLR`:", "",
+             "| model | arm | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
+             "|---|---|" + "---|" * len(lrs)]
+    lines += [f"| {row['label']} | `{row['name']}` | " + " | ".join(map(_lr_cell, row["cells"])) + " |"
+              for row in claim["table"]]
+    lines += ["", f"Verdict: **{claim['verdict']}** (`{claim['a']}` against `{claim['b']}` at lr "
+              f"{judged}" + (f"; a − b: {diffs}" if diffs else "") + ")."]
+    return lines
+
+
 def claims_section(written: dict, memory: Iterable[dict] = (), results: str = "eval/results/claims",
                    label: str = "eval/results/claims") -> str:
     """The claims table from eval/claims.py's claims.json: each claim's arms (mean ± standard
     deviation over seeds), their paired difference with its 95% interval, and the verdict;
+    each learning-rate claim's table (models x learning rates, one seed) with its verdict;
     then MimicNorm's memory claim from the benchmark's training-step rows (``memory``:
     its MiB rows for mimic models). ``results`` links the folder of the claims' CSV, shown as
     ``label``."""
-    lines = [
-        f"Measured with `{written['command']}` at {written['commit'][:10]}, on {written['machine']}. "
-        f"CIFAR-10 ResNet-20, recipe `cifar10_cpu_long` (55 epochs, batch 128), {written['seeds']} "
-        f"seeds planned per arm. Top-1 % on the 5,000 held-out validation images, mean ± standard "
-        f"deviation over seeds (n); test is CIFAR-10 test[:1000]. The difference is arm a minus "
-        f"arm b, seed by seed, with a 95% t interval.",
-        "", "| claim | arm a | arm b | a | b | a − b, val [95%] | verdict |",
-        "|---|---|---|---|---|---|---|"]
-    for c in written["claims"]:
+    tables = [c for c in written["claims"] if "table" in c]  # eval/claims.py's LrClaims
+    paired = [c for c in written["claims"] if "table" not in c]
+    lines = [f"Measured with `{written['command']}` at {written['commit'][:10]}, on "
+             f"{written['machine']}."]
+    if paired:
+        lines[0] += (
+            f" CIFAR-10 ResNet-20, recipe `cifar10_cpu_long` (55 epochs, batch 128), "
+            f"{written['seeds']} seeds planned per arm. Top-1 % on the 5,000 held-out validation "
+            f"images, mean ± standard deviation over seeds (n); test is CIFAR-10 test[:1000]. The "
+            f"difference is arm a minus arm b, seed by seed, with a 95% t interval.")
+        lines += ["", "| claim | arm a | arm b | a | b | a − b, val [95%] | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+    for c in paired:
         figures = [_arm_figure(c, side) for side in ("a", "b")]
         diff = "–" if c["diff"] is None else f"{c['diff']:+.2f}" + (
             f" [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if c["ci"] else "") + f" (n={c['n']})"
         lines.append(f"| {c['title']} | `{c['a']}` | `{c['b']}` | {figures[0]} | {figures[1]} | "
                      f"{diff} | {c['verdict']} |")
     lines += ["", "Verdicts: " + "; ".join(f"*{kind}*: {rule}" for kind, rule in
-                                         written["verdicts"].items()) + ".", "",
-              "Where each claim comes from, and what differs in our setting:", ""]
-    lines += [f"- **{c['title']}** (`{c['key']}`): {c['paper']}." + (f" {c['note']}" if c["note"] else "")
-              for c in written["claims"]]
+                                         written["verdicts"].items()) + "."]
+    if paired:
+        lines += ["", "Where each claim comes from, and what differs in our setting:", ""]
+        lines += [f"- **{c['title']}** (`{c['key']}`): {c['paper']}." + (f" {c['note']}" if c["note"] else "")
+                  for c in paired]
+    for c in tables:
+        lines += ["", *_lr_table(c)]
     lines += ["", f"Every cell, with its command and commit: [{label}/claims.csv]({results}/claims.csv)."]
     memory = list(memory)
     if memory:

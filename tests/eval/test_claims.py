@@ -109,3 +109,104 @@ def test_grid_settings_tell_runs_apart_by_their_norm_kwargs(tmp_path):
     with pytest.raises(grid.GridError, match=r"norm_kwargs \{\} there, \{'logits_bn': False\} here"):
         grid.check_same_run(folder, wm_only)
     grid.check_same_run(folder, grid.Cell("wm", base))  # the same run: no error
+
+
+# ---------------------------------------------------------------------------------------------
+# MimicNorm's learning-rate table (mimic_lr_robust): models x lr at seed 0
+
+LR = claims.MIMIC_LR
+
+
+def test_the_lr_claim_defines_16_one_seed_cells_with_readable_names():
+    arms = LR.arms()
+    assert len({a.name for a in arms}) == 16
+    wm_only = LR.arm(LR.rows[2], 1.0)
+    assert wm_only.name == "resnet20_mimic.wm_only.mimic_lr_cifar10.lr1.0"
+    assert wm_only.cell(LR.seed) == grid.Cell(
+        "resnet20_mimic.wm_only.mimic_lr_cifar10.lr1.0.s0",
+        ("--model", "resnet20_mimic", "--norm-kwargs", '{"logits_bn": false}', "--recipe",
+         "mimic_lr_cifar10", "--lr", "1.0", "--seed", "0"))
+    trained = [grid.settings(a.cell(0).flags) for a in arms]
+    assert len({json.dumps(s, sort_keys=True) for s in trained}) == 16  # 16 different runs
+    assert {(s["model"], json.dumps(s["norm_kwargs"])) for s in trained} == {
+        ("resnet20_bn", "{}"), ("resnet20_mimic", "{}"),
+        ("resnet20_mimic", '{"logits_bn": false}'), ("resnet20_none", "{}")}
+    assert sorted({s["recipe"]["lr"] for s in trained}) == [0.1, 0.4, 1.0, 2.0]
+    assert all(s["seed"] == 0 and s["recipe"]["name"] == "mimic_lr_cifar10"
+               and s["recipe"]["epochs"] == 10 for s in trained)
+
+
+def lr_rows(scores: dict) -> list[dict]:
+    """Rows as cell_row gives them: {(row name, lr): best val, "diverged" or (best, "diverged")}."""
+    out = []
+    for (name, lr), got in scores.items():
+        row = next(r for r in LR.rows if r.name == name)
+        best, diverged = (got[0], True) if isinstance(got, tuple) else (got, False)
+        if got == "diverged":
+            best, diverged = None, True
+        out.append({"arm": LR.arm(row, lr).name, "seed": 0, "best_val_top1": best,
+                    "best_epoch": None if best is None else 7,
+                    "status": "diverged at epoch 9, step 3" if diverged else "ok"})
+    return out
+
+
+M, B = "resnet20_mimic", "resnet20_bn"
+
+
+@pytest.mark.parametrize("scores, verdict, diffs", [
+    ({(M, 1.0): 40.0, (B, 1.0): 30.0, (M, 2.0): 35.0, (B, 2.0): "diverged"}, "holds at one seed",
+     {"1.0": 10.0, "2.0": 25.0}),  # a run diverged before validating counts as chance, 10%
+    ({(M, 1.0): 40.0, (B, 1.0): 39.5, (M, 2.0): 35.0, (B, 2.0): 20.0}, "not resolved at one seed",
+     {"1.0": 0.5, "2.0": 15.0}),  # within MARGIN at lr 1.0
+    ({(M, 1.0): 29.0, (B, 1.0): 30.0, (M, 2.0): (25.0,), (B, 2.0): 26.0}, "does not hold at one seed",
+     {"1.0": -1.0, "2.0": -1.0}),  # (25.0,): its best before it diverged
+    ({(M, 1.0): 40.0, (B, 1.0): 30.0, (M, 2.0): 35.0}, "pending: 3 of 4 cells", {"1.0": 10.0}),
+    ({(M, 0.1): 50.0, (B, 0.1): 40.0}, "pending: 0 of 4 cells", {}),  # lr 0.1 is not judged
+])
+def test_the_lr_verdict_sets_mimic_against_bn_at_lr_1_and_2(scores, verdict, diffs):
+    got = claims.lr_summary(LR, lr_rows(scores))
+    assert (got["verdict"], got["diffs"]) == (verdict, diffs)
+
+
+def test_the_lr_table_shows_best_values_divergence_and_pending_cells():
+    got = claims.lr_summary(LR, lr_rows({(M, 0.4): 41.234, (M, 1.0): (25.5,), (M, 2.0): "diverged"}))
+    mimic = next(r for r in got["table"] if r["name"] == M)
+    assert [c["lr"] for c in mimic["cells"]] == [0.1, 0.4, 1.0, 2.0]
+    section = report.claims_section({"command": "python eval/claims.py", "commit": "c" * 40,
+                                     "machine": "m", "seeds": 3, "verdicts": claims.VERDICTS,
+                                     "claims": [got]})
+    assert "| MimicNorm | `resnet20_mimic` | pending | 41.23 (epoch 7) | 25.50 (epoch 7), then " \
+           "diverged in epoch 9 | diverged in epoch 9 |" in section
+    assert "| lr 0.1 | lr 0.4 | lr 1.0 | lr 2.0 |" in section
+    assert "Verdict: **pending: 2 of 4 cells** (`resnet20_mimic` against `resnet20_bn` at lr " \
+           "1.0 and 2.0)" in section
+    assert "| claim | arm a |" not in section  # no two-arm claim asked for: no empty table
+
+
+def test_no_train_shows_the_lr_claim_from_its_finished_and_diverged_cells(data_root, tmp_path):
+    runs = tmp_path / "runs"
+    done = LR.arm(LR.rows[1], 1.0).cell(0)
+    folder = runs / done.name
+    folder.mkdir(parents=True)
+    (folder / "recipe.json").write_text(json.dumps(
+        {"command": "python -m train " + shlex.join(done.flags) + " --data D --out O", "commit": "c" * 40}))
+    (folder / "log.jsonl").write_text("".join(json.dumps(
+        {"epoch": e, "val_acc": v, "train_loss": 1.0, "img_per_s": 800.0, "seconds": 60.0}) + "\n"
+        for e, v in enumerate([30.0, 45.5, 41.0], 1)))
+    zoo.save_checkpoint(zoo.create_model("resnet20_mimic"), folder / "model.safetensors", tag="t")
+    diverged = runs / LR.arm(LR.rows[0], 1.0).cell(0).name  # bn: its log until epoch 2
+    diverged.mkdir()
+    (diverged / "diverged.json").write_text(json.dumps({"status": "diverged", "epoch": 3, "step": 5}))
+    (diverged / "log.jsonl").write_text(json.dumps({"epoch": 1, "val_acc": 12.0}) + "\n"
+                                        + json.dumps({"epoch": 2, "val_acc": 20.25}) + "\n")
+    results = tmp_path / "results"
+    assert claims.main(["--data", str(data_root / "cifar10"), "--no-train", "--runs", str(runs),
+                        "--results", str(results), "--claims", "mimic_lr_robust"]) == 0
+    written, = json.loads((results / "claims.json").read_text())["claims"]
+    cells = {(r["name"], c["lr"]): c for r in written["table"] for c in r["cells"]}
+    assert cells[(M, 1.0)] == {"lr": 1.0, "best_val_top1": 45.5, "best_epoch": 2, "status": "ok"}
+    assert cells[(B, 1.0)] == {"lr": 1.0, "best_val_top1": 20.25, "best_epoch": 2,
+                               "status": "diverged at epoch 3, step 5"}
+    assert cells[(M, 2.0)]["status"] == "pending" and written["diffs"] == {"1.0": 25.25}
+    assert written["verdict"] == "pending: 2 of 4 cells"
+    assert (results / "claims.csv").read_text().count("\n") == 1 + 2
