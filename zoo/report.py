@@ -402,9 +402,9 @@ def _lr_table(claim: dict) -> list[str]:
     judged = " and ".join(map(str, claim["judged"]))
     diffs = "; ".join(f"lr {lr}: {d:+.2f}" for lr, d in claim["diffs"].items())
     lines = [f"**{claim['title']}** (`{claim['key']}`). {claim['paper']}. {claim['note']} Best val "
-             f"top-1 % (and its epoch), recipe `{claim['recipe']}`, seed {claim['seed']}; arms "
+             f"top-1 % (and its epoch) at seed {claim['seed']}; each cell is the arm "
              f"`MODEL.{claim['recipe']}.lrLR`:", "",
-             "| model | arm | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
+             "| model | MODEL | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
              "|---|---|" + "---|" * len(lrs)]
     lines += [f"| {row['label']} | `{row['name']}` | " + " | ".join(map(_lr_cell, row["cells"])) + " |"
               for row in claim["table"]]
