@@ -113,7 +113,8 @@ def norm_kwargs(model: str, text: Optional[str]) -> dict:
     ValueError for text that is not a JSON object or names an argument the norm does not take."""
     if text is None:
         return {}
-    example = """e.g. --norm-kwargs '{"logits_bn": false}'"""
+    spec = zoo.get_norm(zoo.parse_model_name(model)[1])
+    example = f"e.g. its defaults: --norm-kwargs '{json.dumps(spec.kwargs)}'"
     try:
         given = json.loads(text)
     except ValueError as e:
@@ -122,7 +123,6 @@ def norm_kwargs(model: str, text: Optional[str]) -> dict:
     if not isinstance(given, dict):
         raise ValueError(f"--norm-kwargs takes a JSON object of the norm's arguments, not "
                          f"{text!r}; {example}")
-    spec = zoo.get_norm(zoo.parse_model_name(model)[1])
     try:
         spec.with_kwargs(**given)
     except ValueError as e:

@@ -194,7 +194,8 @@ def test_a_new_run_in_an_empty_folder_writes_its_own_log(data_root, tmp_path, ca
     (["--norm-kwargs", "{eps: 0.001}"], "--norm-kwargs '{eps: 0.001}' is not JSON (Expecting "
                                         "property name enclosed in double quotes"),
     (["--norm-kwargs", "[0.001]"], "--norm-kwargs takes a JSON object of the norm's arguments, "
-                                   "not '[0.001]'; e.g. --norm-kwargs '{\"logits_bn\": false}'"),
+                                   "not '[0.001]'; e.g. its defaults: --norm-kwargs '{\"max_groups\": "
+                                   "32, \"min_group_channels\": 2, \"eps\": 1e-05}'"),
     (["--norm-kwargs", '{"groups": 4}'], "--norm-kwargs: norm 'gn' does not take 'groups'; its "
                                          "norm_kwargs are: eps, max_groups, min_group_channels"),
 ])
