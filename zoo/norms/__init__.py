@@ -299,6 +299,8 @@ register_norm(NormSpec(
     paper=_ILM_PAPER,
     channels_last=False,
 ))
+
+
 def _mimic_logits_norm(num_classes: int, logits_bn: bool) -> Optional[nn.Module]:
     # logits_bn=False is the paper's "weight mean only" ablation (Table 2).
     if not isinstance(logits_bn, bool):
