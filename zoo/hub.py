@@ -38,7 +38,7 @@ from .cli import first_line
 from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, ManifestEntry,
                       Weights, WeightsError, get_weight, load_manifest, manifest_lock,
                       manifest_path, read_metadata, sha256sum, write_manifest)
-from .weights.files import temp_beside
+from .weights.files import save_checkpoint, temp_beside
 
 DEFAULT_ORG = "normzoo"
 # Seconds publish waits for the Hub to answer (each connect, read or write, not the whole
@@ -135,16 +135,25 @@ def local_weights(path: Union[str, Path], *, measured: bool = True) -> Weights:
 
 
 def register(path: Union[str, Path], *, default: bool = False, ship: bool = False,
-             hub_repo_id: Optional[str] = None, mirror_url: Optional[str] = None) -> dict:
+             hub_repo_id: Optional[str] = None, mirror_url: Optional[str] = None,
+             tag: Optional[str] = None) -> dict:
     """Add the checkpoint's manifest entry, or update it for the same file (its Hub repo or
     mirror); other weights under a registered name are refused. ``ship`` copies it into the
-    package.
+    package. ``tag`` registers a copy under that weights tag (an extra seed, say), which
+    ``ship`` must keep.
 
     The first weights of a model become its default; ``default=True`` moves the default.
     Nothing is written before the entry is valid; registers in other processes wait for the
     manifest's lock and keep each other's entries; a shipped copy replaces the old one only
     once the manifest that pins it is written.
     """
+    if tag is not None:
+        if not ship:
+            raise WeightsError(f"registering under another tag ({tag!r}) writes a copy of {path}, "
+                               f"which only --ship keeps in the package: add --ship")
+        with tempfile.TemporaryDirectory() as tmp:
+            return register(_retagged(path, tag, Path(tmp)), default=default, ship=True,
+                            hub_repo_id=hub_repo_id, mirror_url=mirror_url)
     manifest_file = manifest_path()
     name = read_metadata(path).get("name")
     previous = _entry_named(load_manifest(manifest_file), name)
@@ -187,6 +196,21 @@ def register(path: Union[str, Path], *, default: bool = False, ship: bool = Fals
         finally:
             tmp.unlink(missing_ok=True)
     return entry
+
+
+def _retagged(path: Union[str, Path], tag: str, folder: Path) -> Path:
+    """``path``'s weights and record (data, preprocessing, metrics, recipe) saved in ``folder``
+    under weights tag ``tag``."""
+    from .registry import create_model
+
+    meta = read_metadata(path)
+    if "model" not in meta:
+        raise WeightsError(f"{path} records no model name: save it with zoo.save_checkpoint")
+    model = create_model(meta["model"], weights=str(path))
+    return save_checkpoint(model, folder / f"{meta['model']}.{tag}.safetensors", tag=tag,
+                           dataset=meta.get("dataset"), categories=meta.get("categories"),
+                           preprocessing=meta.get("preprocessing"), metrics=meta.get("metrics"),
+                           recipe=meta.get("recipe"))
 
 
 def _check_same_weights(registered: Optional[dict], entry: dict, path) -> None:
@@ -483,6 +507,8 @@ def main(argv=None) -> int:
     p.add_argument("--ship", action="store_true", help="copy it into the package (small files)")
     p.add_argument("--repo-id", help=f"Hub repo (default: {DEFAULT_ORG}/<name>)")
     p.add_argument("--mirror-url")
+    p.add_argument("--tag", help="register a copy under this weights tag (with --ship): an extra "
+                                 "seed, e.g. cifar10_long_s1")
     p = sub.add_parser("build", help="build the Hub-ready folder")
     p.add_argument("name")
     p.add_argument("--out", required=True)
@@ -502,7 +528,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "register":
             e = register(args.file, default=args.default, ship=args.ship, hub_repo_id=args.repo_id,
-                         mirror_url=args.mirror_url)
+                         mirror_url=args.mirror_url, tag=args.tag)
             print(f"registered {e['name']}: sha256 {e['sha256'][:16]}..., {e['size_bytes']} bytes, "
                   f"{e['num_params']:,} params, {e['gmacs']} GMACs, top-1 {e['metrics']['top1']} on "
                   f"{e['metrics']['split']}{', default' if e['default'] else ''}"

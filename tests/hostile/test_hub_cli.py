@@ -217,6 +217,26 @@ def test_register_refuses_other_weights_under_a_registered_name(registered_manif
     assert entry["mirror_url"] == "http://127.0.0.1:9/m"
 
 
+def test_register_under_another_tag_ships_a_relabelled_copy(registered_manifest, checkpoint,
+                                                            tmp_path, capsys):
+    """An extra seed trained under the run's default tag is published under its own."""
+    capsys.readouterr()
+    assert zoo.hub.main(["register", str(checkpoint), "--tag", "cifar10_s1"]) == 2
+    one_error_line(capsys.readouterr().err, "only --ship keeps", "add --ship")
+    assert zoo.hub.main(["register", str(checkpoint), "--tag", "cifar10_s1", "--ship"]) == 0
+    assert "registered resnet20_gn.cifar10_s1" in capsys.readouterr().out
+    entries = {e["name"]: e for e in load_manifest(registered_manifest)["weights"]}
+    assert set(entries) == {CLI_NAME, "resnet20_gn.cifar10_s1"}
+    new, old = entries["resnet20_gn.cifar10_s1"], entries[CLI_NAME]
+    assert (new["tag"], new["default"], old["default"]) == ("cifar10_s1", False, True)
+    assert new["metrics"] == old["metrics"] and new["recipe"] == old["recipe"]
+    shipped = registered_manifest.parent / new["shipped"]
+    assert zoo.weights.read_metadata(shipped)["tag"] == "cifar10_s1"
+    original, copy = load_file(str(checkpoint)), load_file(str(shipped))
+    assert original.keys() == copy.keys() and all(original[k].equal(copy[k]) for k in original)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]  # no temporary copy left
+
+
 @pytest.mark.parametrize("field, value", [("top1", float("nan")), ("top1", 1e9), ("top5", "x"),
                                           ("num_images", -1)])
 def test_register_refuses_metrics_that_are_not_figures(field, value, registered_manifest,
