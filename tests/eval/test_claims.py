@@ -55,17 +55,20 @@ def test_published_checkpoints_count_as_seed_0_where_their_command_trains_the_sa
     bn = claims.published(claims.BN.cell(0))
     assert bn["source"] == "published resnet20_bn.cifar10_long" and bn["val_top1"] > 80
     assert claims.published(claims.BN.cell(1)) is None  # another seed
-    # the l1bn weights were trained with the Norm Matters zero-init: the "on" arm, not "off"
+    # the DEFAULT l1bn weights were trained with the Norm Matters zero-init: the "on" arm; the
+    # "off" arm's seed 0 is published under its own tag (--no-zero-init-residual)
     on, off = claims.arm("resnet20_l1bn", init="on"), claims.arm("resnet20_l1bn", init="off")
     assert claims.published(on.cell(0))["source"] == "published resnet20_l1bn.cifar10_long"
-    assert claims.published(off.cell(0)) is None
+    assert claims.published(off.cell(0))["source"] == "published resnet20_l1bn.cifar10_long_equal_init"
     bwn = claims.arm("resnet20_bwn", "--lr", "0.05")
     assert bwn.name.endswith(".lr0.05") and claims.published(bwn.cell(0)) is not None
     assert claims.published(claims.arm("resnet20_bwn").cell(0)) is None  # lr 0.1 is another run
 
 
-def test_a_finished_cell_is_read_into_its_claims(data_root, tmp_path):
+def test_a_finished_cell_is_read_into_its_claims(data_root, tmp_path, monkeypatch):
     cell = claims.arm("resnet20_l1bn", init="off").cell(0)
+    published = claims.published  # this cell's own run folder, not its published copy
+    monkeypatch.setattr(claims, "published", lambda c: None if c == cell else published(c))
     folder = tmp_path / "runs" / cell.name
     folder.mkdir(parents=True)
     (folder / "recipe.json").write_text(json.dumps(
