@@ -188,7 +188,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="CIFAR-10 folder (python layout)")
     p.add_argument("--claims", nargs="+", default=[c.key for c in CLAIMS],
-                   help=f"which claims (default: all): {', '.join(c.key for c in CLAIMS)}")
+                   help=f"which claims to train (default: all; every claim is written, from "
+                        f"its finished cells): {', '.join(c.key for c in CLAIMS)}")
     p.add_argument("--seeds", type=positive_int("must be at least 1, not {value}"),
                    default=MIN_SEEDS, help="seeds per arm: 0..N-1")
     p.add_argument("--no-train", dest="train", action="store_false",
@@ -350,17 +351,16 @@ def main(argv=None) -> int:
         print(f"error: unknown claim {', '.join(map(repr, unknown))}; claims: "
               f"{', '.join(c.key for c in CLAIMS)}", file=sys.stderr)
         return 2
-    claims = [c for c in CLAIMS if c.key in args.claims]
     # the cells' trainer runs in the project root: paths from here must hold there too
     args.data, args.runs = str(Path(args.data).resolve()), str(Path(args.runs).resolve())
-    arms = list({a.name: a for c in claims if isinstance(c, Claim) for a in (c.a, c.b)}.values())
-    # seed by seed across arms: every claim gets its first pair before any gets its third;
-    # then the learning-rate tables, one seed each
-    todo = [(a, s) for s in range(args.seeds) for a in arms]
-    todo += [(a, c.seed) for c in claims if isinstance(c, LrClaim) for a in c.arms()]
+    todo = cells([c for c in CLAIMS if c.key in args.claims], args.seeds)
+    # --claims picks what to train; every claim is written, from its finished cells
+    others = [cell for cell in cells(CLAIMS, args.seeds) if cell not in todo]
+    reading = argparse.Namespace(**{**vars(args), "train": False})
     try:
         rows, invocations = run_grid(todo, lambda cell: cell_row(*cell, args), 1, Path(args.runs),
                                      describe)
+        rows += [cell_row(*cell, reading) for cell in others]
     except GridError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -376,15 +376,23 @@ def main(argv=None) -> int:
         "commit": git_commit(), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "seeds": args.seeds, "margin": MARGIN, "verdicts": VERDICTS,
         "claims": [summary(c, rows, args.seeds) if isinstance(c, Claim) else lr_summary(c, rows)
-                   for c in claims]}
+                   for c in CLAIMS]}
     (results / "claims.json").write_text(json.dumps(written, indent=2) + "\n")
     for c in written["claims"]:
         figures = (f"a - b by lr: {c['diffs']}" if "table" in c
                    else f"n={c['n']}, difference {c['diff']}, 95% {c['ci']}")
         print(f"{c['key']}: {c['verdict']} ({figures})")
     print(f"wrote {results / 'claims.csv'} and claims.json ({len(rows)} cells finished of "
-          f"{len(todo)}); now python tools/update_docs.py")
+          f"{len(todo) + len(others)}); now python tools/update_docs.py")
     return 0
+
+
+def cells(claims: list, seeds: int) -> list[tuple[Arm, int]]:
+    """The claims' cells in training order: seed by seed across arms, so every claim gets its
+    first pair before any gets its third; then the learning-rate tables, one seed each."""
+    arms = list({a.name: a for c in claims if isinstance(c, Claim) for a in (c.a, c.b)}.values())
+    return ([(a, s) for s in range(seeds) for a in arms]
+            + [(a, c.seed) for c in claims if isinstance(c, LrClaim) for a in c.arms()])
 
 
 def describe(row: Optional[dict]) -> str:

@@ -1,6 +1,7 @@
 """eval/claims.py without training: the statistics against a hand computation, which
 published checkpoints count as seed 0, and a finished cell read back into its claims."""
 
+import csv
 import json
 import math
 import shlex
@@ -90,7 +91,10 @@ def test_a_finished_cell_is_read_into_its_claims(data_root, tmp_path, monkeypatc
     assert l1["diff"] == pytest.approx(91.5 - claims.published(claims.BN.cell(0))["val_top1"])
     section = report.claims_section(written)
     assert "| L1 batch norm matches batch norm |" in section and "pending: 1 of 3" in section
-    assert (results / "claims.csv").read_text().count("\n") == 1 + 4  # l1bn, bn, ilm, gn
+    # --claims picks what to train; every claim is written, the others from their finished cells
+    assert [c["key"] for c in written["claims"]] == [c.key for c in claims.CLAIMS]
+    arms = {r["arm"] for r in csv.DictReader((results / "claims.csv").open())}
+    assert {claims.arm("resnet20_l1bn", init="off").name, claims.BN.name, "resnet20_mimic.cifar10_cpu_long"} <= arms
 
 
 def test_unknown_claims_are_refused(data_root, tmp_path, capsys):
@@ -205,11 +209,13 @@ def test_no_train_shows_the_lr_claim_from_its_finished_and_diverged_cells(data_r
     results = tmp_path / "results"
     assert claims.main(["--data", str(data_root / "cifar10"), "--no-train", "--runs", str(runs),
                         "--results", str(results), "--claims", "mimic_lr_robust"]) == 0
-    written, = json.loads((results / "claims.json").read_text())["claims"]
+    written = {c["key"]: c for c in json.loads((results / "claims.json").read_text())["claims"]}
+    written = written["mimic_lr_robust"]
     cells = {(r["name"], c["lr"]): c for r in written["table"] for c in r["cells"]}
     assert cells[(M, 1.0)] == {"lr": 1.0, "best_val_top1": 45.5, "best_epoch": 2, "status": "ok"}
     assert cells[(B, 1.0)] == {"lr": 1.0, "best_val_top1": 20.25, "best_epoch": 2,
                                "status": "diverged at epoch 3, step 5"}
     assert cells[(M, 2.0)]["status"] == "pending" and written["diffs"] == {"1.0": 25.25}
     assert written["verdict"] == "pending: 2 of 4 cells"
-    assert (results / "claims.csv").read_text().count("\n") == 1 + 2
+    lr_rows = [r for r in csv.DictReader((results / "claims.csv").open()) if "mimic_lr" in r["arm"]]
+    assert len(lr_rows) == 2
