@@ -9,6 +9,7 @@ tmp_path, except the read-only one (see ``read_only_folder``).
 
 import contextlib
 import errno
+import importlib
 import json
 import os
 import pickle
@@ -198,6 +199,9 @@ def test_a_new_run_in_an_empty_folder_writes_its_own_log(data_root, tmp_path, ca
                                    "32, \"min_group_channels\": 2, \"eps\": 1e-05}'"),
     (["--norm-kwargs", '{"groups": 4}'], "--norm-kwargs: norm 'gn' does not take 'groups'; its "
                                          "norm_kwargs are: eps, max_groups, min_group_channels"),
+    (["--norm-kwargs", '{"eps": "x"}'], "--norm-kwargs: norm 'gn' takes each argument as the kind "
+                                        "of value its default is (an int for a float; a finite "
+                                        "number), not eps='x' (its default is 1e-05)"),
 ])
 def test_values_that_cannot_train_are_refused_before_anything_is_written(
         data_root, tmp_path, capsys, extra, message):
@@ -278,6 +282,9 @@ def read_only_folder():
         os.chmod(parent, 0o755)
         folder.chmod(0o555)
         if root:
+            # nobody may not read the venv (under /root): what the trainer imports lazily
+            # (torch.optim imports torch._dynamo) is imported first
+            importlib.import_module("torch._dynamo")
             os.seteuid(65534)
         try:
             yield folder
