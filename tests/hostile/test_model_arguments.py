@@ -50,3 +50,26 @@ def test_out_indices_give_the_maps_feature_info_names():
         assert message.startswith("out_indices must be stage indices 0..3 (negative from the end),"
                                   " each once, or a number of last stages 1..4"), message
         assert f"resnet20_gn has stages {modules}" in message and problem in message, message
+
+
+# norm_kwargs of another kind than the norm's defaults: one error before any layer is built
+# (a string eps used to fail at the first forward, deep in F.group_norm)
+
+@pytest.mark.parametrize("model, norm_kwargs, shown", [
+    ("resnet20_gn", {"eps": "x"}, "eps='x' (its default is 1e-05)"),
+    ("resnet20_bn", {"eps": float("nan")}, "eps=nan (its default is 1e-05)"),
+    ("resnet20_gn", {"max_groups": 8.0}, "max_groups=8.0 (its default is 32)"),
+    ("resnet20_l1bn", {"momentum": True}, "momentum=True (its default is 0.1)"),
+])
+def test_norm_kwargs_of_another_kind_are_refused(model, norm_kwargs, shown):
+    with pytest.raises(ValueError, match="takes each argument as the kind of value its default is") as e:
+        zoo.create_model(model, norm_kwargs=norm_kwargs)
+    assert str(e.value).endswith(shown)
+    with pytest.raises(ValueError, match="the kind of value its default is"):
+        zoo.create_norm(model.split("_")[1], 16, **norm_kwargs)
+
+
+def test_an_int_stands_for_a_float_norm_kwarg():
+    model = zoo.create_model("resnet20_gn", norm_kwargs={"eps": 1})
+    assert model.config["norm_kwargs"]["eps"] == 1 and model.bn1.eps == 1
+

@@ -233,7 +233,7 @@ def test_checkpoints_from_before_the_switch_keep_their_logits_bn():
 
 @pytest.mark.parametrize("value", ["false", 0, None])
 def test_logits_bn_takes_a_bool_only(value):
-    with pytest.raises(ValueError, match=r"mimic's logits_bn is True \(BatchNorm1d on the logits"):
+    with pytest.raises(ValueError, match=r"not logits_bn=.* \(its default is True\)"):
         zoo.create_model("resnet20_mimic", norm_kwargs={"logits_bn": value})
     with pytest.raises(ValueError, match="does not take 'logit_bn'; its norm_kwargs are: logits_bn"):
         zoo.create_model("resnet20_mimic", norm_kwargs={"logit_bn": False})

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
-from .common import group_count
+from .common import group_count, same_kind
 from .ilm import ILMNorm
 from .mimic import init_mimic
 from .norm_matters import (L1BatchNorm2d, LpBatchNorm2d, MeanBatchNorm2d, TopKBatchNorm2d,
@@ -107,6 +107,11 @@ class NormSpec:
                 f"norm {self.name!r} does not take {', '.join(map(repr, unknown))}; "
                 f"its norm_kwargs are: {accepted}"
             )
+        wrong = [f"{k}={v!r} (its default is {self.kwargs[k]!r})" for k, v in kwargs.items()
+                 if not same_kind(v, self.kwargs[k])]
+        if wrong:
+            raise ValueError(f"norm {self.name!r} takes each argument as the kind of value its default "
+                             f"is (an int for a float; a finite number), not {'; '.join(wrong)}")
         return dataclasses.replace(self, kwargs={**self.kwargs, **kwargs})
 
 
@@ -303,9 +308,6 @@ register_norm(NormSpec(
 
 def _mimic_logits_norm(num_classes: int, logits_bn: bool) -> Optional[nn.Module]:
     # logits_bn=False is the paper's "weight mean only" ablation (Table 2).
-    if not isinstance(logits_bn, bool):
-        raise ValueError(f"mimic's logits_bn is True (BatchNorm1d on the logits, the paper's "
-                         f"MimicNorm) or False (none: its \"weight mean only\"), not {logits_bn!r}")
     return nn.BatchNorm1d(num_classes, affine=False) if logits_bn else None
 
 

@@ -4,6 +4,7 @@ per-channel kernels the layers are built from."""
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Callable, Optional
 
@@ -146,3 +147,12 @@ def like_format(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
         memory_format=torch.channels_last)
     return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def same_kind(value, default) -> bool:
+    """Whether ``value`` can stand where a norm's default argument ``default`` does (an int
+    for a float; a finite number)."""
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return default is None or type(value) is type(default)
+    kinds = (int,) if isinstance(default, int) else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)

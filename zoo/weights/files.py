@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ..cli import one_line
+from ..norms.common import same_kind
 from ..preprocessing import default_preprocessing
 from .errors import WeightsError
 
@@ -155,19 +155,11 @@ def check_metadata_options(path: Union[str, Path], meta: dict, options: Iterable
     for key, value in meta.get("norm_kwargs", {}).items():
         if key not in norm_kwargs:
             problem = f"gives {key}, which the norm does not take (it takes: {', '.join(norm_kwargs) or 'none'})"
-        elif not _same_kind(value, norm_kwargs[key]):
+        elif not same_kind(value, norm_kwargs[key]):
             problem = f"gives {key}={value!r}, not a {type(norm_kwargs[key]).__name__}"
         else:
             continue
         raise WeightsError(_bad_metadata(Path(path), "norm_kwargs", problem))
-
-
-def _same_kind(value, default) -> bool:
-    """Whether ``value`` can stand where the norm's default ``default`` does (an int for a float)."""
-    if isinstance(default, bool) or not isinstance(default, (int, float)):
-        return default is None or type(value) is type(default)
-    kinds = (int,) if isinstance(default, int) else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _bad_metadata(path: Path, field: str, problem: str) -> str:
