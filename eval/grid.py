@@ -10,6 +10,7 @@ with other settings is refused rather than reused, a cell whose loss became NaN 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,26 +114,55 @@ def train_cell(cell: Cell, runs: Path, data: str, threads: int) -> dict:
         return {"folder": folder, "rows": before_divergence(), **json.loads(diverged.read_text())}
     check_same_run(folder, cell)
     if not (folder / "model.safetensors").is_file():
-        resume = (folder / "checkpoint.pt").is_file()
-        if folder.exists() and not resume:
-            shutil.rmtree(folder)  # stopped before its first checkpoint: nothing to keep
-        folder.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "train", *cell.flags, "--data", data, "--out", str(folder),
-                   *(["--resume"] if resume else [])]
-        with open(folder / "train.log", "a") as log:
-            done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        if done.returncode:
-            last = (folder / "train.log").read_text().strip().splitlines()[-1:]
-            match = DIVERGED.search(last[0] if last else "")
-            if not match:
-                raise GridError(f"cell {cell.name} failed (exit {done.returncode}); its log: "
-                                f"{folder / 'train.log'}")
-            result = {"status": "diverged", "epoch": int(match[1]), "step": int(match[2])}
-            diverged.write_text(json.dumps(result) + "\n")
-            return {"folder": folder, "rows": before_divergence(), **result}
+        with cell_lock(runs, cell):
+            if not (folder / "model.safetensors").is_file():  # or another process finished it
+                result = _train(cell, folder, data, threads)
+                if result is not None:
+                    diverged.write_text(json.dumps(result) + "\n")
+                    return {"folder": folder, "rows": before_divergence(), **result}
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     return {"folder": folder, "rows": rows, "status": "ok"}
+
+
+@contextlib.contextmanager
+def cell_lock(runs: Path, cell: Cell) -> Iterator[None]:
+    """One process at a time trains a cell (a second one would resume the same checkpoint, or
+    delete a folder the first has not checkpointed yet): a lock file beside its folder."""
+    from filelock import FileLock, Timeout
+
+    runs.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(runs / f"{cell.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise GridError(f"cell {cell.name} is being trained by another process (it holds "
+                        f"{lock.lock_file}): let it finish, or stop it, then run again") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(cell: Cell, folder: Path, data: str, threads: int) -> Optional[dict]:
+    """Run the cell's trainer to the end, from its checkpoint if it has one; None, or where
+    it diverged."""
+    resume = (folder / "checkpoint.pt").is_file()
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)  # stopped before its first checkpoint: nothing to keep
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "train", *cell.flags, "--data", data, "--out", str(folder),
+               *(["--resume"] if resume else [])]
+    with open(folder / "train.log", "a") as log:
+        done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if not done.returncode:
+        return None
+    last = (folder / "train.log").read_text().strip().splitlines()[-1:]
+    match = DIVERGED.search(last[0] if last else "")
+    if not match:
+        raise GridError(f"cell {cell.name} failed (exit {done.returncode}); its log: "
+                        f"{folder / 'train.log'}")
+    return {"status": "diverged", "epoch": int(match[1]), "step": int(match[2])}
 
 
 def read_jsonl(path: Path) -> list[dict]:

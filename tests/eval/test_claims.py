@@ -219,3 +219,19 @@ def test_no_train_shows_the_lr_claim_from_its_finished_and_diverged_cells(data_r
     assert written["verdict"] == "pending: 2 of 4 cells"
     lr_rows = [r for r in csv.DictReader((results / "claims.csv").open()) if "mimic_lr" in r["arm"]]
     assert len(lr_rows) == 2
+
+
+def test_a_cell_another_process_trains_is_refused_and_kept(tmp_path):
+    """A second grid on the same cell resumed the same checkpoint beside the first, or deleted
+    the folder the first had not checkpointed yet."""
+    from filelock import FileLock
+
+    cell = claims.arm("resnet20_l1bn", init="off").cell(1)
+    folder = tmp_path / cell.name
+    folder.mkdir()
+    (folder / "train.log").write_text("epoch 0: 10/351 step\n")  # the other run, before its checkpoint
+    with FileLock(tmp_path / f"{cell.name}.lock"):  # the other grid's
+        with pytest.raises(grid.GridError, match=f"cell {cell.name} is being trained by another "
+                                                 f"process .*: let it finish, or stop it"):
+            grid.train_cell(cell, tmp_path, "data", threads=1)
+    assert (folder / "train.log").read_text() == "epoch 0: 10/351 step\n"
