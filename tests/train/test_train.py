@@ -362,9 +362,13 @@ def test_unknown_augmentation_is_refused(cifar):
 def test_tiny_run_learns_and_exports(norm, data_root, cifar, tmp_path, temp_manifest, capsys):
     name = f"resnet20_{norm}"
     out = tmp_path / "run"
-    # 128 training images (4 steps of 32) seen 4 times at a small lr, 64 held out for val
+    # 128 training images (4 steps of 32) seen 4 times at a small lr, 64 held out for val.
+    # l1bn trains through the fused (compiled) kernels, as the trainer does by default; ILM's
+    # take most of a minute to compile here, and test_fused_norms checks them, values and
+    # gradients, against their formulas.
     argv = tiny_args(name, data_root, out, "--limit-train", 192, "--epochs", 4, "--lr", 0.02,
-                     *(["--register"] if norm == "bn" else []))
+                     *(["--register"] if norm == "bn" else []),
+                     *(["--no-fused-norms"] if norm == "ilm" else []))
     base, adjustments = for_model(RECIPES["test_tiny"], norm)
     recipe = override(base, epochs=4, lr=0.02)
     torch.manual_seed(0)  # what the run starts from (seed 0)
@@ -615,7 +619,7 @@ def test_torchrun_two_processes_match_one(norm, data_root, tmp_path, env, starte
     # over the steps, by about as much as running on 2 threads instead of 1 makes it grow.
     # Eager norms: compiling ILM's kernels in all three processes was most of this test's time;
     # the subject here is the split between processes, and test_tiny_run_learns_and_exports
-    # trains through the fused kernels.
+    # trains l1bn through the fused kernels.
     flags = ("--limit-train", 192, "--no-amp", "--lr", 0.005, "--no-fused-norms")
     ddp_out, one_out = tmp_path / "ddp", tmp_path / "one"
     ddp = subprocess.Popen(
