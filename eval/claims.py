@@ -59,10 +59,15 @@ class Arm:
         return Cell(f"{self.name}.s{seed}", (*self.flags, "--seed", str(seed)))
 
 
+# trainer flags an arm's name shows, as .TAGVALUE: resnet20_gn.cifar10_cpu_long.b8.e10.lr0.00625
+ARM_SUFFIXES = (("--batch-size", "b"), ("--epochs", "e"), ("--lr", "lr"))
+
+
 def arm(model: str, *flags: str, init: Optional[str] = None) -> Arm:
     """CIFAR-10 ResNet-20 with ``cifar10_cpu_long``; ``init`` ("off"/"on") names arms that
     differ in zero_init_residual."""
-    suffix = f".lr{flags[flags.index('--lr') + 1]}" if "--lr" in flags else ""
+    suffix = "".join(f".{tag}{flags[flags.index(flag) + 1]}" for flag, tag in ARM_SUFFIXES
+                     if flag in flags)
     init_flags = {None: (), "off": EQUAL_INIT, "on": ZERO_INIT}[init]
     if model == "resnet20_bn" and init == "off":
         init_flags = ()  # BN's recipe starts its gains at 1: the flag would change nothing
@@ -71,6 +76,10 @@ def arm(model: str, *flags: str, init: Optional[str] = None) -> Arm:
 
 
 BN = arm("resnet20_bn", init="off")
+# Batch 8 for 10 epochs, the lr scaled linearly with the batch as the batch sweep scales it
+SMALL_BATCH = ("--batch-size", "8", "--epochs", "10", "--lr", repr(0.1 * 8 / 128))
+SMALL_BATCH_NOTE = ("Batch 8 for 10 epochs of cifar10_cpu_long, lr 0.1 x 8 / 128: the batch sweep's "
+                    "cells see half an epoch, too little for a verdict (docs/batch-size.md).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +174,14 @@ CLAIMS = (
           "mean-only BN and no weight decay, in place of BN", "matches",
           arm("resnet20_bwn", "--lr", "0.05"), BN,
           "bwn at lr 0.05: at 0.1 it diverged in epoch 1 (docs/training.md)."),
+    Claim("gn_beats_bn_batch8", "Group norm beats batch norm at batch 8",
+          "Wu & He, *Group Normalization*, ECCV 2018: GN's error stays flat as the batch per "
+          "GPU shrinks, where BN's rises (ImageNet ResNet-50, batch 32 down to 2)", "better",
+          arm("resnet20_gn", *SMALL_BATCH), arm("resnet20_bn", *SMALL_BATCH), SMALL_BATCH_NOTE),
+    Claim("ilm_beats_bn_batch8", "ILM-Norm beats batch norm at batch 8",
+          "Jia et al., CVPR 2019: ILM-Norm wraps batch-independent norms (GN, IN, LN), which "
+          "are proposed for where BN's batch statistics fail", "better",
+          arm("resnet20_ilm", *SMALL_BATCH), arm("resnet20_bn", *SMALL_BATCH), SMALL_BATCH_NOTE),
     MIMIC_LR,
 )
 

@@ -235,3 +235,15 @@ def test_a_cell_another_process_trains_is_refused_and_kept(tmp_path):
                                                  f"process .*: let it finish, or stop it"):
             grid.train_cell(cell, tmp_path, "data", threads=1)
     assert (folder / "train.log").read_text() == "epoch 0: 10/351 step\n"
+
+
+def test_the_small_batch_claims_share_one_bn_arm_named_by_its_flags():
+    gn, ilm = (next(c for c in claims.CLAIMS if c.key == key)
+               for key in ("gn_beats_bn_batch8", "ilm_beats_bn_batch8"))
+    assert gn.b == ilm.b and gn.b.name == "resnet20_bn.cifar10_cpu_long.b8.e10.lr0.00625"
+    cell = gn.a.cell(2)
+    assert cell.value("--batch-size") == "8" and cell.value("--epochs") == "10"
+    assert float(cell.value("--lr")) == 0.1 * 8 / 128  # the batch sweep's linear scaling
+    assert grid.settings(cell.flags)["recipe"]["batch_size"] == 8  # the effective recipe
+    trained = [a.name for a, _ in claims.cells([gn, ilm], 3)]
+    assert len(trained) == 9 and len(set(trained)) == 3  # 3 arms x 3 seeds, bn's trained once
