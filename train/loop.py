@@ -259,9 +259,9 @@ class Run:
             row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **row,
                    **self.validate()}
             self.epoch, self.step = self.epoch + 1, 0
-            self.save()
-            if rank() == 0:
+            if rank() == 0:  # the row first: a stop before the checkpoint trains the epoch again
                 self.folder.append_log(row)
+            self.save()
             say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             if self.args.stop_after_epoch and self.epoch >= self.args.stop_after_epoch:
                 return None
@@ -370,6 +370,8 @@ class Run:
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise self.folder.cannot_resume(e) from None
         self.epoch, self.step = state["epoch"], state["step"]
+        if rank() == 0:
+            self.folder.keep_log_through(self.epoch)
 
     # -- the end -------------------------------------------------------------------------
 

@@ -46,6 +46,10 @@ class DiskFullError(Exception):
                          f"continues from the last checkpoint.pt)")
 
 
+def _log_text(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
 def must_match(args, recipe: Recipe, data: str, num_classes: int,
                start_weights: Optional[str], norm_kwargs: dict) -> dict:
     """What a --resume must repeat (RESUME_HELP), by flag; the checkpoint records it.
@@ -116,12 +120,32 @@ class RunFolder:
         self._replace(self.path / "recipe.json", lambda tmp: tmp.write_text(text))
 
     def append_log(self, row: dict) -> None:
-        with open(self.path / "log.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """One epoch's row at the end of log.jsonl, written with the rest (``_replace``): a
+        full disk or a kill leaves the log as it was, never a cut-off line."""
+        self._write_log(self.log() + [row])
+
+    def keep_log_through(self, epoch: int) -> None:
+        """log.jsonl without the rows after ``epoch``, the checkpoint a resume continues from
+        (a stop between an epoch's row and its checkpoint): those epochs train again."""
+        path = self.path / "log.jsonl"
+        kept = [r for r in self.log() if r.get("epoch", 0) <= epoch]
+        if not path.is_file() or path.read_text() != _log_text(kept):
+            self._write_log(kept)
 
     def log(self) -> list[dict]:
-        """log.jsonl's rows, one per epoch."""
-        return [json.loads(line) for line in (self.path / "log.jsonl").read_text().splitlines()]
+        """log.jsonl's rows, one per epoch; a line an older version cut off is left out."""
+        path = self.path / "log.jsonl"
+        rows = []
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+        return rows
+
+    def _write_log(self, rows: list[dict]) -> None:
+        text = _log_text(rows)
+        self._replace(self.path / "log.jsonl", lambda tmp: tmp.write_text(text))
 
     def save_checkpoint(self, state: dict) -> None:
         """checkpoint.pt, atomically (``_replace``)."""

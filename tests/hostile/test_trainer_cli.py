@@ -306,6 +306,18 @@ def test_a_read_only_out_is_refused_before_training(data_root, capsys):
 
 
 
+@pytest.mark.parametrize("left", ["a row past the checkpoint", "a cut-off line"])
+def test_a_resume_drops_log_rows_its_checkpoint_does_not_have(data_root, stopped_run, capsys, left):
+    """A stop between an epoch's row and its checkpoint (or an older version's cut-off line)
+    left log.jsonl ahead of checkpoint.pt: the resume trains that epoch again, with one row."""
+    with open(stopped_run / "log.jsonl", "a") as log:
+        log.write('{"epoch": 2, "val_acc": 99.0}\n' if left == "a row past the checkpoint"
+                  else '{"epoch": 2, "lr": 0.0')
+    assert train.loop.main(tiny(data_root, stopped_run, "--resume")) == 0
+    rows = [json.loads(line) for line in (stopped_run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["val_acc"] != 99.0 and "seconds" in rows[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # H15 (issue 29): an empty --out would be the current folder
 
@@ -335,17 +347,18 @@ def _save_on_full_disk(obj, f, *args, **kwargs):
     raise _full_disk()
 
 
-@pytest.mark.parametrize("name", ["checkpoint.pt", "recipe.json"])
+@pytest.mark.parametrize("name", ["checkpoint.pt", "recipe.json", "log.jsonl"])
 def test_a_full_disk_is_one_line_and_the_run_still_resumes(data_root, stopped_run, monkeypatch,
                                                            capsys, name):
-    """The resume's checkpoint save (after its epoch) or its rewrite of recipe.json (before
-    training) hits a full disk: one line naming the file, the file as it was, no temp file
-    left, and the run resumes once there is space."""
+    """The resume's checkpoint save (after its epoch), its rewrite of recipe.json (before
+    training) or its epoch's log row hits a full disk: one line naming the file, the file as
+    it was (the log had a cut-off line, and the checkpoint moved on without its row), no temp
+    file left, and the run resumes once there is space."""
     before = files(stopped_run)
     write_text = Path.write_text
 
     def write_text_on_full_disk(path, text, *args, **kwargs):
-        if "recipe.json" not in path.name:
+        if name not in path.name:
             return write_text(path, text, *args, **kwargs)
         write_text(path, text[: len(text) // 2], *args, **kwargs)
         raise _full_disk()
@@ -360,7 +373,11 @@ def test_a_full_disk_is_one_line_and_the_run_still_resumes(data_root, stopped_ru
     assert f"the disk is full: could not write {stopped_run / name} (" in line
     after = files(stopped_run)
     assert after.keys() == before.keys()  # no temp file left
-    assert after[name] == before[name] and after["log.jsonl"] == before["log.jsonl"]
+    assert after[name] == before[name]
+    if name == "checkpoint.pt":  # the epoch's row went first: the resume drops it, trains again
+        assert epochs_logged(stopped_run) == [1, 2]
+    else:
+        assert after["log.jsonl"] == before["log.jsonl"] and after["checkpoint.pt"] == before["checkpoint.pt"]
 
     # a temp file an older version's failed save left behind is no obstacle either
     (stopped_run / ".checkpoint.pt.tmp").write_bytes(b"PK\x03\x04" + bytes(1000))
