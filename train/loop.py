@@ -7,6 +7,7 @@ flags (train/cli.py), then trains epoch by epoch, checkpointing into the run fol
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import signal
@@ -437,6 +438,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, DiskFullError,
             zoo.WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the end's files (model.safetensors, hub/, curves.png) on a full disk
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: the disk is full: could not write {e.filename or 'the run files'}; free "
+              f"some space, then run the same command with --resume (it finishes from "
+              f"{Path(args.out) / 'checkpoint.pt'})", file=sys.stderr)
         return 2
     finally:
         # Put back the SIGTERM handler fit() installed: it holds the Run (and its DDP model),

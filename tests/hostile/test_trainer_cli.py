@@ -306,6 +306,23 @@ def test_a_read_only_out_is_refused_before_training(data_root, capsys):
 
 
 
+def test_a_full_disk_at_the_end_is_one_line_and_the_resume_finishes(data_root, stopped_run,
+                                                                     monkeypatch, capsys):
+    """model.safetensors (or hub/, curves.png) on a full disk ended the run in a traceback."""
+    def save_on_full_disk(model, path, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(zoo, "save_checkpoint", save_on_full_disk)
+        assert train.loop.main(tiny(data_root, stopped_run, "--resume")) == 2
+    line = error_line(capsys)
+    assert f"the disk is full: could not write {stopped_run / 'model.safetensors'}; free some " \
+           f"space, then run the same command with --resume" in line
+    assert not (stopped_run / "model.safetensors").exists() and epochs_logged(stopped_run) == [1, 2]
+    assert train.loop.main(tiny(data_root, stopped_run, "--resume")) == 0
+    assert (stopped_run / "model.safetensors").is_file() and epochs_logged(stopped_run) == [1, 2]
+
+
 @pytest.mark.parametrize("left", ["a row past the checkpoint", "a cut-off line"])
 def test_a_resume_drops_log_rows_its_checkpoint_does_not_have(data_root, stopped_run, capsys, left):
     """A stop between an epoch's row and its checkpoint (or an older version's cut-off line)
