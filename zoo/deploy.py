@@ -216,16 +216,14 @@ def run(args, say=print) -> int:
     if args.int8 or args.recalibrate:
         train = load_cifar(args.data, "train")
         images_c, labels_c = train.images[: args.calibrate], train.labels[: args.calibrate]
-
-        def calibration():
-            return cifar_batches(images_c, labels_c, transform, args.batch_size)
     if args.recalibrate:
         augmented = cifar_batches(_augmented(images_c), labels_c, transform, args.batch_size)
         say(f"recalibrated {recalibrate_norms(model, augmented)} norm(s) on {len(labels_c)} "
             f"augmented training images")
         steps = ["recalibrated", "fp32"]
     if args.int8:
-        deployed, report = quantize_int8(model, calibration())
+        deployed, report = quantize_int8(model, cifar_batches(images_c, labels_c, transform,
+                                                              args.batch_size))
         steps = steps[:-1] + ["folded", "int8"]
         say(str(report))
     elif args.fold:

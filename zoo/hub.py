@@ -37,8 +37,8 @@ except ImportError:  # before 1.0 they were requests' errors, which are OSErrors
 from .cli import first_line
 from .weights import (HUB_FILENAME, METRICS_KEYS, RECIPE_KEYS, UNPUBLISHED, ManifestEntry,
                       Weights, WeightsError, get_weight, load_manifest, manifest_lock,
-                      manifest_path, read_metadata, sha256sum, write_manifest)
-from .weights.files import save_checkpoint, temp_beside
+                      manifest_path, read_metadata, save_checkpoint, sha256sum, write_manifest)
+from .weights.files import temp_beside
 
 DEFAULT_ORG = "normzoo"
 # Seconds publish waits for the Hub to answer (each connect, read or write, not the whole
