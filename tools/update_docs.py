@@ -99,9 +99,19 @@ def deploy(root: Path, page: Path) -> str:
                                  speed)
 
 
+def half_statistics(root: Path, page: Path) -> str:
+    """From the committed run of eval/half_statistics.py (eval/results/claims/half-statistics.json)."""
+    found = root / "eval" / "results" / "claims" / "half-statistics.json"
+    if not found.is_file():
+        return "Not measured yet: `python eval/half_statistics.py --data ../shared/data/cifar10`."
+    written = json.loads(found.read_text())
+    return report.half_statistics_section(written["rows"], written["header"], _link(page, found))
+
+
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {
     "naming": naming, "weights": weights, "default-weights": default_weights,
     "performance": performance, "batch-sweep": batch_sweep, "claims": claims, "deploy": deploy,
+    "half-statistics": half_statistics,
 }
 
 

@@ -13,6 +13,8 @@ for the generated blocks of the README and the docs pages. Nothing here measures
 - :func:`batch_sweep_section`: a batch-size sweep's tables (docs/batch-size.md).
 - :func:`claims_section`: the papers' claims against our seeds (docs/claims.md).
 - :func:`deploy_section`: each shipped checkpoint folded, cast and quantized (docs/deploy.md).
+- :func:`half_statistics_section`: the batch norms' statistics in float16 on real activations
+  (docs/claims.md).
 
 Links inside a block are given by the caller, relative to the page the block goes in.
 """
@@ -515,5 +517,37 @@ def deploy_section(rows: list[dict], header: dict, results: str,
     else:
         lines += ["", "Speed is not measured yet: `python eval/benchmark.py --suites deploy --out "
                       "eval/results/deploy` on a quiet machine adds img/s at batch 256."]
+    lines += ["", f"Every figure: [{results}]({results})."]
+    return "\n".join(lines)
+
+
+def half_statistics_section(rows: list[dict], header: dict, results: str = "half-statistics.json") -> str:
+    """eval/half_statistics.py's run: per model and weights, the largest |x - mu| its batch
+    norms see, and each statistic's float16 scales against float64 ones."""
+    overflow_at = header["half_max"] ** 0.5  # L2's float16 squares overflow past this |x - mu|
+    statistics_ = ("L2", "L1", "Linf")
+
+    def scale(found: dict) -> str:
+        if found["not_finite"]:
+            return f"**{found['not_finite']:,} of {found['channels']:,} fail**"
+        return f"{100 * found['max_rel_err']:.2f}%"
+
+    lines = [f"Measured with `{header['command']}` at {header['commit'][:10]} on {header['machine']} "
+             f"(torch {header['torch']}, {header['date']}): the first {header['images']:,} CIFAR-10 "
+             f"training images in batches of {header['batch_size']}, training mode. Each cell is "
+             f"the worst relative error of a float16 scale against float64 over every batch norm "
+             f"and channel, or the count of scales that fail (infinite, NaN or 0). float16 squares overflow "
+             f"past {header['half_max']:,.0f}, so L2's at |x − μ| ≥ {overflow_at:.0f}.", "",
+             "| model | weights | norm layers | largest \\|x − μ\\| | L2 | L1 | L∞ |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| `{r['model']}` | {r['weights']} | {r['norm_layers']} | {r['max_dev']:.1f} | "
+              + " | ".join(scale(r[s]) for s in statistics_) + " |" for r in rows]
+    largest = max(r["max_dev"] for r in rows)
+    failed = [s for s in statistics_ if any(r[s]["not_finite"] for r in rows)]
+    if failed:
+        lines += ["", f"float16 statistics fail here for {', '.join(failed)}."]
+    else:
+        lines += ["", f"No float16 scale fails: the largest deviation, {largest:.1f}, is "
+                      f"{overflow_at / largest:.0f} times below where L2's squares overflow."]
     lines += ["", f"Every figure: [{results}]({results})."]
     return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""Would the batch norms' statistics survive float16? Measured on real activations.
+
+    python eval/half_statistics.py --data ../shared/data/cifar10   # -> eval/results/claims/
+
+Norm Matters claims that L1 and L-infinity batch norm keep low-precision training stable where
+L2 batch norm fails: L2's statistic squares the deviations |x - mu|, and a float16 square
+overflows past 65,504, that is for |x - mu| >= 256. PyTorch's batch norms (ours too) compute a
+float16 input's statistics in float32, so they cannot fail this way; this script asks whether
+they would if they did not. It runs each model in training mode on CIFAR-10 training batches,
+takes every norm layer's input, and computes each scale s (L2: 1 / sqrt(var + eps); L1:
+1 / (sqrt(pi/2) mean|x - mu| + eps); L-infinity: 1 / (c_n max|x - mu| + eps)) twice: in
+float64, and op by op in float16 (each elementwise result rounded to float16; reductions
+accumulate in float32 and round, as PyTorch's float16 reductions do). It records the largest
+|x - mu|, the float16 scales that are not finite (or zero), and the worst relative error of the rest.
+Markdown comes from zoo.report; ``python tools/update_docs.py`` puts it in docs/claims.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import zoo
+from zoo import report
+from zoo.cli import git_commit, machine, one_line, positive_int
+from zoo.data import load_cifar
+from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
+from zoo.preprocessing import default_preprocessing
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results" / "claims"
+CIFAR10 = Path(os.environ.get("NORMZOO_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
+MODELS = ("resnet20_bn", "resnet20_l1bn", "resnet20_linfbn")
+STATISTICS = ("L2", "L1", "Linf")
+HALF_MAX = torch.finfo(torch.float16).max
+EPS = 1e-5  # the eps of every batch norm measured
+BATCH_NORMS = (nn.BatchNorm2d, L1BatchNorm2d, TopKBatchNorm2d)
+
+
+def scales(dev: torch.Tensor, statistic: str) -> torch.Tensor:
+    """Per-channel scale s from the deviations ``dev = x - mu`` (C, n), op by op in dev's dtype."""
+    if statistic == "L2":
+        return 1 / torch.sqrt((dev * dev).mean(1) + EPS)
+    if statistic == "L1":
+        return 1 / (math.sqrt(math.pi / 2) * dev.abs().mean(1) + EPS)
+    c_n = 0.5 * (1 + math.sqrt(math.pi * math.log(4))) / math.sqrt(2 * math.log(dev.size(1)))
+    return 1 / (c_n * dev.abs().amax(1) + EPS)
+
+
+def compare(x: torch.Tensor) -> dict:
+    """One norm input (N, C, H, W): the largest |x - mu|, and each statistic's float16 scales
+    against float64 ones."""
+    values = x.transpose(0, 1).reshape(x.size(1), -1)
+    exact = values.double() - values.double().mean(1, keepdim=True)
+    half = values.half() - values.half().mean(1, keepdim=True)
+    found = {"max_dev": exact.abs().max().item()}
+    for statistic in STATISTICS:
+        s64, s16 = scales(exact, statistic), scales(half, statistic).double()
+        finite = torch.isfinite(s16) & (s16 > 0)
+        errors = ((s16 - s64).abs() / s64)[finite]
+        found[statistic] = {"not_finite": int((~finite).sum()), "channels": len(s16),
+                            "max_rel_err": errors.max().item() if len(errors) else None}
+    return found
+
+
+def measure(model: nn.Module, batches) -> dict:
+    """``compare`` over every norm layer and batch, merged to one row of worst cases."""
+    seen: list[dict] = []
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
+    hooks = [m.register_forward_pre_hook(lambda _, inputs: seen.append(compare(inputs[0]))) for m in norms]
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for hook in hooks:
+        hook.remove()
+    row = {"norm_layers": len(norms), "max_dev": max(s["max_dev"] for s in seen)}
+    for statistic in STATISTICS:
+        row[statistic] = {"not_finite": sum(s[statistic]["not_finite"] for s in seen),
+                          "channels": sum(s[statistic]["channels"] for s in seen),
+                          "max_rel_err": max((s[statistic]["max_rel_err"] for s in seen
+                                              if s[statistic]["max_rel_err"] is not None), default=None)}
+    return row
+
+
+def check_model(name: str) -> None:
+    """A ValueError unless ``name`` has DEFAULT weights and batch norms of the kinds measured."""
+    if "DEFAULT" not in zoo.get_model_weights(name).__members__:
+        raise ValueError(f"{name} has no DEFAULT weights to measure; these have: "
+                         f"{', '.join(sorted({w.split('.')[0] for w in zoo.list_weights()}))}")
+    if not any(isinstance(m, BATCH_NORMS) for m in zoo.create_model(name).modules()):
+        raise ValueError(f"{name} has no batch norm of the kinds measured "
+                         f"({', '.join(t.__name__ for t in BATCH_NORMS)})")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=CIFAR10, help="CIFAR-10 (python layout; default: %(default)s)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--images", type=positive_int(), default=1024,
+                   help="the first training images, unaugmented (default: %(default)s)")
+    p.add_argument("-b", "--batch-size", type=positive_int(), default=128,
+                   help="the recipes' batch (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    try:
+        images = load_cifar(args.data, "train").images[: args.images]
+        names = args.models.split(",")
+        for name in names:
+            check_model(name)
+    except (ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in names:
+        for weights in ("DEFAULT", None):  # trained, and as training starts (seeded)
+            torch.manual_seed(0)
+            model = zoo.create_model(name, weights=weights)
+            pre = default_preprocessing(model)
+            mean, std = (torch.tensor(pre[k])[:, None, None] for k in ("mean", "std"))
+            batches = ((images[i: i + args.batch_size] / 255 - mean) / std
+                       for i in range(0, len(images), args.batch_size))
+            rows.append({"model": name, "weights": weights or "init", **measure(model, batches)})
+            print(f"  {name:18} {weights or 'init':8} largest |x - mu| {rows[-1]['max_dev']:.1f}",
+                  file=sys.stderr, flush=True)
+    header = {"command": " ".join(["python eval/half_statistics.py", *(argv if argv is not None else sys.argv[1:])]),
+              "commit": git_commit(), "machine": machine(torch.device("cpu")),
+              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+              "images": len(images), "batch_size": args.batch_size, "half_max": HALF_MAX}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "half-statistics.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    print(report.half_statistics_section(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
