@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -245,8 +245,7 @@ class Run:
         if self.args.resume:
             self.load()
             say(f"resumed {self.out / 'checkpoint.pt'} at epoch {self.epoch + 1}, step {self.step}")
-        if rank() == 0:
-            self.folder.write_record(self._record(), self.args.resume)
+        on_rank0(lambda: self.folder.write_record(self._record(), self.args.resume))
         say(f"{self.args.model}, recipe {self.recipe.name} ({self.recipe.source}):\n"
             f"{self.recipe.describe()}" + "".join(f"\n  + {a}" for a in self.adjustments))
         signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -260,8 +259,8 @@ class Run:
             row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **row,
                    **self.validate()}
             self.epoch, self.step = self.epoch + 1, 0
-            if rank() == 0:  # the row first: a stop before the checkpoint trains the epoch again
-                self.folder.append_log(row)
+            # the row first: a stop before the checkpoint trains the epoch again
+            on_rank0(lambda: self.folder.append_log(row))
             self.save()
             say(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
             if self.args.stop_after_epoch and self.epoch >= self.args.stop_after_epoch:
@@ -353,9 +352,7 @@ class Run:
                 "must_match": self.must_match}
 
     def save(self) -> None:
-        if rank() != 0:
-            return
-        self.folder.save_checkpoint(self.state())
+        on_rank0(lambda: self.folder.save_checkpoint(self.state()))
 
     def load(self) -> None:
         """Continue from the run folder's checkpoint: the model, optimizer, schedule, scaler
@@ -371,8 +368,7 @@ class Run:
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise self.folder.cannot_resume(e) from None
         self.epoch, self.step = state["epoch"], state["step"]
-        if rank() == 0:
-            self.folder.keep_log_through(self.epoch)
+        on_rank0(lambda: self.folder.keep_log_through(self.epoch))
 
     # -- the end -------------------------------------------------------------------------
 
@@ -406,6 +402,27 @@ class Run:
             f"batches{change}")
 
 
+class RankZeroFailed(Exception):
+    """What the other processes of a process group raise when rank 0's write failed."""
+
+
+def on_rank0(write: Callable[[], None]) -> None:
+    """``write`` (to the run folder) on rank 0 only, and its outcome shared: when it raises,
+    every rank stops with an error line. The others used to go on into their next collective,
+    where torchrun's agent killed them; started by a launcher that does not watch them, they
+    waited there for the process group's timeout (half an hour)."""
+    error = None
+    if rank() == 0:
+        try:
+            write()
+        except Exception as e:  # re-raised below, once the others know
+            error = e
+    if _summed_over_processes([error is not None])[0] and error is None:
+        raise RankZeroFailed("rank 0 stopped the run: its error is above")
+    if error is not None:
+        raise error
+
+
 def _summed_over_processes(counts: list[float]) -> list[float]:
     """``counts`` summed over the processes of a process group (as they are without one)."""
     counts = torch.tensor(counts, dtype=torch.float64)
@@ -436,7 +453,7 @@ def main(argv=None) -> int:
     try:
         Run(args).fit()
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, DiskFullError,
-            zoo.WeightsError) as e:
+            zoo.WeightsError, RankZeroFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the end's files (model.safetensors, hub/, curves.png) on a full disk

@@ -46,7 +46,8 @@ CKPT_KEYS = {"epoch", "step", "model", "optimizer", "scheduler", "scaler", "torc
 
 # Runs the trainer in a subprocess on one thread. NZ_TEST_SIGTERM_AT="epoch,step" sends this
 # process a real SIGTERM while that (0-based) step's batch is handed out; NZ_TEST_HANG_AT
-# touches OUT/hanging there and then waits to be killed.
+# touches OUT/hanging there and then waits to be killed; NZ_TEST_FULL_DISK_ON_RANK=R finds the
+# disk full when rank R saves a checkpoint.
 DRIVER = r"""
 import os, signal, sys, time
 import torch
@@ -72,6 +73,12 @@ def epoch(self, epoch, start_step=0):
         yield batch
 
 train.data.CifarTrainBatches.epoch = epoch
+if os.environ.get("NZ_TEST_FULL_DISK_ON_RANK") == os.environ.get("RANK", "0"):
+    import train.run_folder
+
+    def save_on_full_disk(folder, state):
+        raise train.run_folder.DiskFullError(folder.path / "checkpoint.pt")
+    train.run_folder.RunFolder.save_checkpoint = save_on_full_disk
 sys.exit(train.loop.main(sys.argv[1:]))
 """
 
@@ -657,6 +664,33 @@ def test_torchrun_two_processes_match_one(norm, data_root, tmp_path, env, starte
     meta = read_metadata(ddp_out / "model.safetensors")
     assert meta["metrics"]["split"] == "cifar10 test[:1000]" and meta["metrics"]["num_images"] == 1000
     assert meta["recipe"]["command"].startswith(f"torchrun --nproc_per_node=2 -m train --model {name}")
+
+
+def test_torchrun_stops_every_process_when_rank0_cannot_write(data_root, tmp_path, env, started):
+    """Rank 0's first checkpoint hits a full disk: both processes stop with one error line each.
+    Rank 1 used to go on into its next all-reduce, where torchrun killed it (and a launcher
+    that does not watch its processes left it waiting for the half-hour timeout)."""
+    driver, out, logs = tmp_path / "driver.py", tmp_path / "ddp", tmp_path / "logs"
+    driver.write_text(DRIVER)
+    ddp = subprocess.Popen(  # each rank's stderr to its own file (--redirects 2)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "--log-dir", str(logs), "--redirects", "2", str(driver),
+         *tiny_args("resnet20_gn", data_root, out, "--limit-train", 128, "--no-fused-norms")],
+        cwd=REPO, env={**env, "NZ_TEST_FULL_DISK_ON_RANK": "0"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started.append(ddp)
+    rc, _, err = finish(ddp, timeout=120)
+    assert rc != 0
+    errors = {}
+    for rank in ("0", "1"):
+        [log] = logs.glob(f"**/attempt_0/{rank}/stderr.log")
+        errors[rank] = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+    assert errors == {
+        "0": [f"error: the disk is full: could not write {out / 'checkpoint.pt'} (it is as it was, "
+              f"and no partial copy is left); free some space, then run again (--resume continues "
+              f"from the last checkpoint.pt)"],
+        "1": ["error: rank 0 stopped the run: its error is above"]}, err
+    assert [r["epoch"] for r in rows(out)] == [1] and not (out / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize("name, module", [
