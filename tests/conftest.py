@@ -132,6 +132,17 @@ def one_error_line(err: str, *fragments: str) -> str:
     return lines[0]
 
 
+def assert_onnx_matches(model, x, folder: Path, expected) -> None:
+    """``model`` exported to ONNX (dynamo) under ``folder`` and run by onnxruntime on ``x``
+    gives ``expected`` (the [test] extra installs the exporter and the runtime)."""
+    import onnxruntime
+
+    torch.onnx.export(model, (x,), dynamo=True).save(str(folder / "model.onnx"))
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+
+
 def write_cifar(folder: Path, meta_name: str, meta: dict, splits: dict) -> None:
     """A CIFAR folder in the python layout: ``splits`` maps a file name to (data, labels,
     label key)."""
