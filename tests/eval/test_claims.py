@@ -67,9 +67,10 @@ def test_published_checkpoints_count_as_seed_0_where_their_command_trains_the_sa
 
 
 def test_a_finished_cell_is_read_into_its_claims(data_root, tmp_path, monkeypatch):
-    cell = claims.arm("resnet20_l1bn", init="off").cell(0)
-    published = claims.published  # this cell's own run folder, not its published copy
-    monkeypatch.setattr(claims, "published", lambda c: None if c == cell else published(c))
+    arm = claims.arm("resnet20_l1bn", init="off")
+    cell, own = arm.cell(0), {arm.cell(seed) for seed in range(3)}
+    published = claims.published  # the arm's seeds from their run folders, not their published copies
+    monkeypatch.setattr(claims, "published", lambda c: None if c in own else published(c))
     folder = tmp_path / "runs" / cell.name
     folder.mkdir(parents=True)
     (folder / "recipe.json").write_text(json.dumps(
