@@ -55,7 +55,9 @@ def test_verdicts(kind, ci, n, verdict):
 def test_published_checkpoints_count_as_seed_0_where_their_command_trains_the_same():
     bn = claims.published(claims.BN.cell(0))
     assert bn["source"] == "published resnet20_bn.cifar10_long" and bn["val_top1"] > 80
-    assert claims.published(claims.BN.cell(1)) is None  # another seed
+    # each seed is its own run: seed 1 is published under its own tag, seed 9 never ran
+    assert claims.published(claims.BN.cell(1))["source"] == "published resnet20_bn.cifar10_long_s1"
+    assert claims.published(claims.BN.cell(9)) is None
     # the DEFAULT l1bn weights were trained with the Norm Matters zero-init: the "on" arm; the
     # "off" arm's seed 0 is published under its own tag (--no-zero-init-residual)
     on, off = claims.arm("resnet20_l1bn", init="on"), claims.arm("resnet20_l1bn", init="off")
