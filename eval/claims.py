@@ -122,7 +122,11 @@ class LrClaim:
         return Arm(f"{row.name}.{self.recipe}.lr{lr}", (*row.flags, "--recipe", self.recipe, "--lr", str(lr)))
 
     def arms(self) -> list[Arm]:
-        return [self.arm(row, lr) for row in self.rows for lr in self.lrs]
+        """Every cell's arm, the verdict's cells (rows a and b at the judged learning rates)
+        first: a training budget cut short still decides the verdict."""
+        every = [(row, lr) for row in self.rows for lr in self.lrs]
+        judged = [(row, lr) for row, lr in every if row.name in (self.a, self.b) and lr in self.judged]
+        return [self.arm(row, lr) for row, lr in judged + [c for c in every if c not in judged]]
 
 
 def lr_row(label: str, model: str, *flags: str, variant: str = "") -> LrRow:

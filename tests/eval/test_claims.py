@@ -130,6 +130,9 @@ LR = claims.MIMIC_LR
 def test_the_lr_claim_defines_16_one_seed_cells_with_readable_names():
     arms = LR.arms()
     assert len({a.name for a in arms}) == 16
+    # the verdict's four cells train first
+    assert [a.name for a in arms[:4]] == [f"resnet20_{m}.mimic_lr_cifar10.lr{lr}"
+                                          for m in ("bn", "mimic") for lr in (1.0, 2.0)]
     wm_only = LR.arm(LR.rows[2], 1.0)
     assert wm_only.name == "resnet20_mimic.wm_only.mimic_lr_cifar10.lr1.0"
     assert wm_only.cell(LR.seed) == grid.Cell(
