@@ -11,7 +11,7 @@ takes every norm layer's input, and computes each scale s (L2: 1 / sqrt(var + ep
 1 / (sqrt(pi/2) mean|x - mu| + eps); L-infinity: 1 / (c_n max|x - mu| + eps)) twice: in
 float64, and op by op in float16 (each elementwise result rounded to float16; reductions
 accumulate in float32 and round, as PyTorch's float16 reductions do). It records the largest
-|x - mu|, the float16 scales that are not finite (or zero), and the worst relative error of the rest.
+|x - mu|, the float16 scales that fail (infinite, NaN or 0), and the worst relative error of the rest.
 Markdown comes from zoo.report; ``python tools/update_docs.py`` puts it in docs/claims.md.
 """
 
@@ -64,9 +64,9 @@ def compare(x: torch.Tensor) -> dict:
     found = {"max_dev": exact.abs().max().item()}
     for statistic in STATISTICS:
         s64, s16 = scales(exact, statistic), scales(half, statistic).double()
-        finite = torch.isfinite(s16) & (s16 > 0)
-        errors = ((s16 - s64).abs() / s64)[finite]
-        found[statistic] = {"not_finite": int((~finite).sum()), "channels": len(s16),
+        usable = torch.isfinite(s16) & (s16 > 0)  # 0 is 1 / inf: an overflowed statistic
+        errors = ((s16 - s64).abs() / s64)[usable]
+        found[statistic] = {"failed": int((~usable).sum()), "channels": len(s16),
                             "max_rel_err": errors.max().item() if len(errors) else None}
     return found
 
@@ -84,7 +84,7 @@ def measure(model: nn.Module, batches) -> dict:
         hook.remove()
     row = {"norm_layers": len(norms), "max_dev": max(s["max_dev"] for s in seen)}
     for statistic in STATISTICS:
-        row[statistic] = {"not_finite": sum(s[statistic]["not_finite"] for s in seen),
+        row[statistic] = {"failed": sum(s[statistic]["failed"] for s in seen),
                           "channels": sum(s[statistic]["channels"] for s in seen),
                           "max_rel_err": max((s[statistic]["max_rel_err"] for s in seen
                                               if s[statistic]["max_rel_err"] is not None), default=None)}

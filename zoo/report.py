@@ -528,8 +528,8 @@ def half_statistics_section(rows: list[dict], header: dict, results: str = "half
     statistics_ = ("L2", "L1", "Linf")
 
     def scale(found: dict) -> str:
-        if found["not_finite"]:
-            return f"**{found['not_finite']:,} of {found['channels']:,} fail**"
+        if found["failed"]:
+            return f"**{found['failed']:,} of {found['channels']:,} fail**"
         return f"{100 * found['max_rel_err']:.2f}%"
 
     lines = [f"Measured with `{header['command']}` at {header['commit'][:10]} on {header['machine']} "
@@ -543,7 +543,7 @@ def half_statistics_section(rows: list[dict], header: dict, results: str = "half
     lines += [f"| `{r['model']}` | {r['weights']} | {r['norm_layers']} | {r['max_dev']:.1f} | "
               + " | ".join(scale(r[s]) for s in statistics_) + " |" for r in rows]
     largest = max(r["max_dev"] for r in rows)
-    failed = [s for s in statistics_ if any(r[s]["not_finite"] for r in rows)]
+    failed = [s for s in statistics_ if any(r[s]["failed"] for r in rows)]
     if failed:
         lines += ["", f"float16 statistics fail here for {', '.join(failed)}."]
     else:

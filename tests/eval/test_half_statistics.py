@@ -34,10 +34,10 @@ def test_only_l2_overflows_float16_past_256():
         x = torch.tensor([-spread, spread] * 64).reshape(8, 1, 4, 4)
         found = half_statistics.compare(x)
         assert found["max_dev"] == spread
-        assert (found["L2"]["not_finite"] == 1) is l2_fails
+        assert (found["L2"]["failed"] == 1) is l2_fails
         assert (found["L2"]["max_rel_err"] is None) is l2_fails
         for statistic in ("L1", "Linf") + (() if l2_fails else ("L2",)):
-            assert found[statistic]["not_finite"] == 0
+            assert found[statistic]["failed"] == 0
             assert found[statistic]["max_rel_err"] < 2e-3
 
 
@@ -53,7 +53,7 @@ def test_run_on_tiny_data_writes_rows_and_markdown(tiny_cifar10, tmp_path, capsy
         for statistic in half_statistics.STATISTICS:
             # 2 batches through 19 norms: 7 of 16 channels, 6 of 32, 6 of 64
             assert row[statistic]["channels"] == 2 * (7 * 16 + 6 * 32 + 6 * 64)
-            assert row[statistic]["not_finite"] == 0 and 0 <= row[statistic]["max_rel_err"] < 1e-2
+            assert row[statistic]["failed"] == 0 and 0 <= row[statistic]["max_rel_err"] < 1e-2
     assert written["header"]["images"] == 16 and written["header"]["half_max"] == 65504
     out = capsys.readouterr().out
     assert "| `resnet20_l1bn` | DEFAULT | 19 |" in out and "No float16 scale fails" in out
@@ -69,11 +69,11 @@ def test_unmeasurable_models_are_one_error(tiny_cifar10, tmp_path, capsys, model
 
 
 def test_failed_scales_render_as_failures():
-    ok = {"not_finite": 0, "channels": 10, "max_rel_err": 0.001}
+    ok = {"failed": 0, "channels": 10, "max_rel_err": 0.001}
     header = {"command": "c", "commit": "0123456789ab", "machine": "m", "torch": "2", "date": "d",
               "images": 16, "batch_size": 8, "half_max": 65504.0}
     rows = [{"model": "resnet20_bn", "weights": "init", "norm_layers": 19, "max_dev": 300.0,
-             "L2": {"not_finite": 3, "channels": 10, "max_rel_err": 0.001}, "L1": ok, "Linf": ok}]
+             "L2": {"failed": 3, "channels": 10, "max_rel_err": 0.001}, "L1": ok, "Linf": ok}]
     markdown = report.half_statistics_section(rows, header, "x.json")
     assert "| `resnet20_bn` | init | 19 | 300.0 | **3 of 10 fail** | 0.10% | 0.10% |" in markdown
     assert "float16 statistics fail here for L2." in markdown and "No float16 scale fails" not in markdown
