@@ -33,7 +33,8 @@ from zoo import report
 from zoo.cli import git_commit, machine, one_line, positive_int
 from zoo.data import load_cifar
 from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
-from zoo.preprocessing import default_preprocessing
+from zoo.evaluate import cifar_batches
+from zoo.preprocessing import default_preprocessing, eval_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "claims"
@@ -91,14 +92,17 @@ def measure(model: nn.Module, batches) -> dict:
     return row
 
 
-def check_model(name: str) -> None:
-    """A ValueError unless ``name`` has DEFAULT weights and batch norms of the kinds measured."""
+def trained_model(name: str) -> nn.Module:
+    """``name`` with its DEFAULT weights; a ValueError unless it has them and batch norms of the
+    kinds measured."""
     if "DEFAULT" not in zoo.get_model_weights(name).__members__:
         raise ValueError(f"{name} has no DEFAULT weights to measure; these have: "
                          f"{', '.join(sorted({w.split('.')[0] for w in zoo.list_weights()}))}")
-    if not any(isinstance(m, BATCH_NORMS) for m in zoo.create_model(name).modules()):
+    model = zoo.create_model(name, weights="DEFAULT")
+    if not any(isinstance(m, BATCH_NORMS) for m in model.modules()):
         raise ValueError(f"{name} has no batch norm of the kinds measured "
                          f"({', '.join(t.__name__ for t in BATCH_NORMS)})")
+    return model
 
 
 def main(argv=None) -> int:
@@ -112,24 +116,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     try:
-        images = load_cifar(args.data, "train").images[: args.images]
-        names = args.models.split(",")
-        for name in names:
-            check_model(name)
+        train = load_cifar(args.data, "train")
+        images, labels = train.images[: args.images], train.labels[: args.images]
+        trained = {name: trained_model(name) for name in args.models.split(",")}
     except (ValueError, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     rows = []
-    for name in names:
-        for weights in ("DEFAULT", None):  # trained, and as training starts (seeded)
-            torch.manual_seed(0)
-            model = zoo.create_model(name, weights=weights)
-            pre = default_preprocessing(model)
-            mean, std = (torch.tensor(pre[k])[:, None, None] for k in ("mean", "std"))
-            batches = ((images[i: i + args.batch_size] / 255 - mean) / std
-                       for i in range(0, len(images), args.batch_size))
-            rows.append({"model": name, "weights": weights or "init", **measure(model, batches)})
-            print(f"  {name:18} {weights or 'init':8} largest |x - mu| {rows[-1]['max_dev']:.1f}",
+    for name, default_model in trained.items():
+        torch.manual_seed(0)  # the init row: the weights as a seeded run starts
+        for weights, model in (("DEFAULT", default_model), ("init", zoo.create_model(name))):
+            transform = eval_transforms(default_preprocessing(model))
+            batches = (x for x, _, _ in cifar_batches(images, labels, transform, args.batch_size))
+            rows.append({"model": name, "weights": weights, **measure(model, batches)})
+            print(f"  {name:18} {weights:8} largest |x - mu| {rows[-1]['max_dev']:.1f}",
                   file=sys.stderr, flush=True)
     header = {"command": " ".join(["python eval/half_statistics.py", *(argv if argv is not None else sys.argv[1:])]),
               "commit": git_commit(), "machine": machine(torch.device("cpu")),
