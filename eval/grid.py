@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
+from train.run_folder import RunFolder, read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What a finished cell must share with the cell asked for (the trainer's own --resume rule,
@@ -105,13 +107,8 @@ def train_cell(cell: Cell, runs: Path, data: str, threads: int) -> dict:
     cell is not retrained)."""
     folder = runs / cell.name
     diverged = folder / "diverged.json"
-
-    def before_divergence() -> list[dict]:
-        log = folder / "log.jsonl"
-        return read_jsonl(log) if log.is_file() else []
-
     if diverged.is_file():
-        return {"folder": folder, "rows": before_divergence(), **json.loads(diverged.read_text())}
+        return {"folder": folder, "rows": RunFolder(folder).log(), **json.loads(diverged.read_text())}
     check_same_run(folder, cell)
     if not (folder / "model.safetensors").is_file():
         with cell_lock(runs, cell):
@@ -119,9 +116,8 @@ def train_cell(cell: Cell, runs: Path, data: str, threads: int) -> dict:
                 result = _train(cell, folder, data, threads)
                 if result is not None:
                     diverged.write_text(json.dumps(result) + "\n")
-                    return {"folder": folder, "rows": before_divergence(), **result}
-    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    return {"folder": folder, "rows": rows, "status": "ok"}
+                    return {"folder": folder, "rows": RunFolder(folder).log(), **result}
+    return {"folder": folder, "rows": RunFolder(folder).log(), "status": "ok"}
 
 
 @contextlib.contextmanager
@@ -163,19 +159,6 @@ def _train(cell: Cell, folder: Path, data: str, threads: int) -> Optional[dict]:
         raise GridError(f"cell {cell.name} failed (exit {done.returncode}); its log: "
                         f"{folder / 'train.log'}")
     return {"status": "diverged", "epoch": int(match[1]), "step": int(match[2])}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The readable lines of a JSON-lines file; a truncated line (a stop mid-write) is
-    skipped with a warning rather than failing every later run."""
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            print(f"warning: {path}:{number} is not JSON (cut off by a stop?); skipped",
-                  file=sys.stderr)
-    return rows
 
 
 def run_grid(cells: list, work: Callable, jobs: int, runs: Path,

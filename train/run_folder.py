@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import shlex
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -44,6 +45,20 @@ class DiskFullError(Exception):
         super().__init__(f"the disk is full: could not write {path} (it is as it was, and no "
                          f"partial copy is left); free some space, then run again (--resume "
                          f"continues from the last checkpoint.pt)")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The readable lines of a JSON-lines file, or none if it does not exist. A cut-off line
+    (a stop mid-write, from an older version or another writer) is skipped with a warning
+    rather than failing every later read."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            print(f"warning: {path}:{number} is not JSON (cut off by a stop?); skipped",
+                  file=sys.stderr)
+    return rows
 
 
 def _log_text(rows: list[dict]) -> str:
@@ -133,15 +148,8 @@ class RunFolder:
             self._write_log(kept)
 
     def log(self) -> list[dict]:
-        """log.jsonl's rows, one per epoch; a line an older version cut off is left out."""
-        path = self.path / "log.jsonl"
-        rows = []
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                pass
-        return rows
+        """log.jsonl's rows, one per epoch (``read_jsonl``)."""
+        return read_jsonl(self.path / "log.jsonl")
 
     def _write_log(self, rows: list[dict]) -> None:
         text = _log_text(rows)
