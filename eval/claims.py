@@ -222,20 +222,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def published(cell: Cell) -> Optional[dict]:
-    """The shipped checkpoint whose recorded command trains ``cell``'s settings, as a row."""
+def published_entry(cell: Cell) -> Optional[dict]:
+    """The manifest entry of the shipped checkpoint whose recorded command trains ``cell``'s
+    settings."""
     from zoo.weights import MANIFEST_PATH, load_manifest
 
     wanted = settings(cell.flags)
     for entry in load_manifest(MANIFEST_PATH)["weights"]:
         flags = recorded_flags(entry["recipe"]["command"])
         if "--model" in flags and not differences(settings(flags), wanted):
-            return {"val_top1": entry["recipe"].get("val_top1"), "test_top1": entry["metrics"]["top1"],
-                    "test_images": entry["metrics"]["num_images"], "img_per_s": entry["recipe"].get("img_per_s"),
-                    "minutes": entry["recipe"].get("minutes"), "status": "ok",
-                    "source": f"published {entry['name']}", "command": entry["recipe"]["command"],
-                    "commit": entry["recipe"]["commit"]}
+            return entry
     return None
+
+
+def published(cell: Cell) -> Optional[dict]:
+    """The shipped checkpoint whose recorded command trains ``cell``'s settings, as a row."""
+    entry = published_entry(cell)
+    if entry is None:
+        return None
+    return {"val_top1": entry["recipe"].get("val_top1"), "test_top1": entry["metrics"]["top1"],
+            "test_images": entry["metrics"]["num_images"], "img_per_s": entry["recipe"].get("img_per_s"),
+            "minutes": entry["recipe"].get("minutes"), "status": "ok",
+            "source": f"published {entry['name']}", "command": entry["recipe"]["command"],
+            "commit": entry["recipe"]["commit"]}
 
 
 def cell_row(arm_: Arm, seed: int, args) -> Optional[dict]:

@@ -46,14 +46,22 @@ EPS = 1e-5  # the eps of every batch norm measured
 BATCH_NORMS = (nn.BatchNorm2d, L1BatchNorm2d, TopKBatchNorm2d)
 
 
-def scales(dev: torch.Tensor, statistic: str) -> torch.Tensor:
-    """Per-channel scale s from the deviations ``dev = x - mu`` (C, n), op by op in dev's dtype."""
+def spread(dev: torch.Tensor, statistic: str) -> torch.Tensor:
+    """Per-channel spread a scale divides by, before eps, from the deviations ``dev = x - mu``
+    (C, n), op by op in dev's dtype: the variance (L2, whose eps goes under the square root),
+    sqrt(pi/2) mean|x - mu| (L1) or c_n max|x - mu| (L-infinity)."""
     if statistic == "L2":
-        return 1 / torch.sqrt((dev * dev).mean(1) + EPS)
+        return (dev * dev).mean(1)
     if statistic == "L1":
-        return 1 / (math.sqrt(math.pi / 2) * dev.abs().mean(1) + EPS)
+        return math.sqrt(math.pi / 2) * dev.abs().mean(1)
     c_n = 0.5 * (1 + math.sqrt(math.pi * math.log(4))) / math.sqrt(2 * math.log(dev.size(1)))
-    return 1 / (c_n * dev.abs().amax(1) + EPS)
+    return c_n * dev.abs().amax(1)
+
+
+def scales(dev: torch.Tensor, statistic: str, eps: float = EPS) -> torch.Tensor:
+    """Per-channel scale s from the deviations ``dev = x - mu`` (C, n), op by op in dev's dtype."""
+    found = spread(dev, statistic)
+    return 1 / (torch.sqrt(found + eps) if statistic == "L2" else found + eps)
 
 
 def compare(x: torch.Tensor) -> dict:

@@ -108,10 +108,19 @@ def half_statistics(root: Path, page: Path) -> str:
     return report.half_statistics_section(written["rows"], written["header"], _link(page, found))
 
 
+def linf_gap(root: Path, page: Path) -> str:
+    """From the committed run of eval/linf_gap.py (eval/results/claims/linf-gap.json)."""
+    found = root / "eval" / "results" / "claims" / "linf-gap.json"
+    if not found.is_file():
+        return "Not measured yet: `python eval/linf_gap.py --data ../shared/data/cifar10`."
+    written = json.loads(found.read_text())
+    return report.linf_gap_section(written["rows"], written["header"], _link(page, found))
+
+
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {
     "naming": naming, "weights": weights, "default-weights": default_weights,
     "performance": performance, "batch-sweep": batch_sweep, "claims": claims, "deploy": deploy,
-    "half-statistics": half_statistics,
+    "half-statistics": half_statistics, "linf-gap": linf_gap,
 }
 
 

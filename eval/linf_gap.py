@@ -1,0 +1,183 @@
+"""Is L-infinity batch norm's gap to batch norm at equal init the method's, or ours?
+
+    python eval/linf_gap.py --data ../shared/data/cifar10   # -> eval/results/claims/linf-gap.json
+
+Issue 31 names three ways our implementation could cost accuracy, and this script checks each
+on every published equal-init seed of bn, l1bn and linfbn (the arms of eval/claims.py's
+``*_matches_bn`` claims):
+- the running-statistics estimate: val top-1 with the weights' running statistics, and after
+  re-estimating them as a plain average over --recalibrate training batches (precise BN,
+  zoo.recalibrate_norms; the trainer's own augmented batches). A poor momentum estimate would
+  show as accuracy that recalibrating recovers.
+- eps: over the same batches, the most any batch norm's eps changes any channel's scale,
+  1 - s(eps) / s(0). Near 0, eps cannot matter.
+- the fused kernels: one training step (train mode, the trainer's memory format) on each of
+  --steps batches from the same weights, in float32 with zoo.fuse_norms on and off: the largest
+  relative error of a parameter's gradient against the eager step in float64. Eager float32 is
+  the error any float32 run has; fused kernels no further from float64 add nothing to it. This
+  compares single steps, not two full runs.
+Val is the recipes' 5,000 held-out training images. Markdown comes from zoo.report;
+``python tools/update_docs.py`` puts it in docs/claims.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+import zoo
+from claims import BN, CLAIMS, published_entry  # siblings in eval/, on sys.path as a script
+from half_statistics import spread
+from train.data import CifarTrainBatches
+from zoo import report
+from zoo.cli import git_commit, machine, one_line, positive_int
+from zoo.data import load_cifar
+from zoo.evaluate import cifar_batches, evaluate
+from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results" / "claims"
+CIFAR10 = Path(os.environ.get("NORMZOO_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
+VAL_IMAGES = 5000  # the recipes' val split: the last 5,000 training images
+ARMS = (BN, *(c.a for c in CLAIMS if c.key in ("l1bn_matches_bn", "linfbn_matches_bn")))
+MODELS = ("resnet20_bn", "resnet20_l1bn", "resnet20_linfbn")
+STATISTIC = {nn.BatchNorm2d: "L2", L1BatchNorm2d: "L1", TopKBatchNorm2d: "Linf"}
+
+
+def published_weights(models: list[str], seeds: int) -> list[tuple[str, int, str]]:
+    """(model, seed, weights tag) of every published cell of ``models``' arms among seeds
+    0..seeds-1."""
+    arms = {a.flags[a.flags.index("--model") + 1]: a for a in ARMS}
+    unknown = [m for m in models if m not in arms]
+    if unknown:
+        raise ValueError(f"--models: {', '.join(unknown)} is not one of {', '.join(arms)}")
+    found = []
+    for arm_, seed in itertools.product([arms[m] for m in models], range(seeds)):
+        entry = published_entry(arm_.cell(seed))
+        if entry is not None:
+            model, tag = entry["name"].split(".", 1)
+            found.append((model, seed, tag))
+    return found
+
+
+def eps_effect(layer: nn.Module, x: torch.Tensor) -> float:
+    """The most ``layer``'s eps changes a channel's scale on the batch ``x``: 1 - s(eps) / s(0)."""
+    statistic = STATISTIC[type(layer)]
+    if statistic == "Linf" and layer.k != 1:
+        raise ValueError(f"top-k batch norm with k={layer.k}: only k=1 (linfbn) is measured")
+    values = x.detach().double().transpose(0, 1).reshape(x.size(1), -1)
+    found = spread(values - values.mean(1, keepdim=True), statistic)
+    ratio = found / (found + layer.eps)
+    return (1 - (ratio.sqrt() if statistic == "L2" else ratio)).max().item()
+
+
+def recalibrated(model: nn.Module, batches: list[torch.Tensor]) -> tuple[nn.Module, float]:
+    """A copy of ``model`` with its statistics re-estimated on ``batches``, and the largest
+    eps effect its batch norms saw on them."""
+    model = copy.deepcopy(model)
+    effects = []
+    hooks = [m.register_forward_pre_hook(lambda m, inputs: effects.append(eps_effect(m, inputs[0])))
+             for m in model.modules() if type(m) in STATISTIC]
+    zoo.recalibrate_norms(model, batches)
+    for hook in hooks:
+        hook.remove()
+    return model, max(effects)
+
+
+def gradient_errors(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Optional[dict]:
+    """One training step per batch from the same weights, in float32 with the fused kernels and
+    without: the largest relative error of any parameter's gradient against the eager step in
+    float64. None where the model's norms have no fused kernels."""
+    worst = {"fused": 0.0, "eager": 0.0}
+    for x, y in batches:
+        grads = {}
+        for kernels, dtype in (("fused", torch.float32), ("eager", torch.float32), ("exact", torch.float64)):
+            step = copy.deepcopy(model).train().to(dtype)
+            if zoo.fuse_norms(step, kernels == "fused") == 0:
+                return None
+            nn.functional.cross_entropy(step(x.to(dtype)), y).backward()
+            grads[kernels] = {n: p.grad.double() for n, p in step.named_parameters()}
+        for kernels in worst:
+            worst[kernels] = max(worst[kernels], *(((grads[kernels][n] - g).norm() / g.norm()).item()
+                                                   for n, g in grads["exact"].items() if g.norm() > 0))
+    return worst
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=CIFAR10, help="CIFAR-10 (python layout; default: %(default)s)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--seeds", type=positive_int(), default=3, help="seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--recalibrate", type=positive_int(), default=200,
+                   help="training batches to re-estimate the statistics on, at most an epoch's "
+                        "(default: %(default)s)")
+    p.add_argument("-b", "--batch-size", type=positive_int(), default=128,
+                   help="the recipes' batch (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int(), default=4,
+                   help="training batches to compare the fused and eager kernels on, at most an "
+                        "epoch's (default: %(default)s)")
+    p.add_argument("--val-images", type=positive_int(), default=VAL_IMAGES,
+                   help="the last N training images (default: the recipes' %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    try:
+        train = load_cifar(args.data, "train")
+        if args.val_images + args.batch_size > len(train.labels):
+            raise ValueError(f"--val-images {args.val_images} leaves less than a batch of "
+                             f"{args.batch_size} of the {len(train.labels)} training images: "
+                             f"give fewer, or a smaller --batch-size")
+        cells = published_weights(args.models.split(","), args.seeds)
+        if not cells:
+            raise ValueError("no equal-init weights of bn, l1bn or linfbn are published yet: "
+                             "python eval/claims.py trains them")
+    except (ValueError, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    split = len(train.labels) - args.val_images
+    # At most an epoch of batches each
+    recalibrate, steps = (min(n, split // args.batch_size) for n in (args.recalibrate, args.steps))
+    val_images, val_labels = train.images[split:], train.labels[split:]
+    rows = []
+    for model_name, seed, tag in cells:
+        model = zoo.create_model(model_name, weights=tag)
+        channels_last = zoo.prefers_channels_last(model)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        # The trainer's batches of epoch 0 at seed 0: augmented, normalised, in its memory format.
+        batches = list(itertools.islice(
+            CifarTrainBatches(train.images[:split], train.labels[:split], args.batch_size, seed=0,
+                              channels_last=channels_last).epoch(0), max(recalibrate, steps)))
+        transform = zoo.get_weight(f"{model_name}.{tag}").transforms()
+
+        def val_top1(m: nn.Module) -> float:
+            return round(evaluate(m, cifar_batches(val_images, val_labels, transform, 256)).top1, 2)
+
+        fresh, eps = recalibrated(model, [x for x, _ in batches[:recalibrate]])
+        rows.append({"model": model_name, "seed": seed, "weights": tag, "val_top1": val_top1(model),
+                     "val_top1_recalibrated": val_top1(fresh), "eps_effect": eps,
+                     "gradient_error": gradient_errors(model, batches[:steps])})
+        print(f"  {model_name:16} seed {seed}  val {rows[-1]['val_top1']:.2f}  recalibrated "
+              f"{rows[-1]['val_top1_recalibrated']:.2f}", file=sys.stderr, flush=True)
+    header = {"command": " ".join(["python eval/linf_gap.py", *(argv if argv is not None else sys.argv[1:])]),
+              "commit": git_commit(), "machine": machine(torch.device("cpu")),
+              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+              "val_images": args.val_images, "recalibrate_batches": recalibrate,
+              "batch_size": args.batch_size, "steps": steps}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "linf-gap.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
+    print(report.linf_gap_section(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
