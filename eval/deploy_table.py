@@ -16,7 +16,6 @@ fp32 model. Markdown comes from zoo.report; ``python tools/update_docs.py`` puts
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ from torch import nn
 
 import zoo
 from zoo import report
-from zoo.cli import git_commit, machine, one_line, positive_int
+from zoo.cli import one_line, positive_int, run_header
 from zoo.data import load_cifar
 from zoo.deploy import quantize_int8
 from zoo.evaluate import cifar_batches, evaluate
@@ -122,9 +121,7 @@ def main(argv=None) -> int:
             print(f"  {name:18} {variant:7} val {r['val_top1']}  test {r['test_top1']}  "
                   f"{'' if r['status'] == 'ok' else r['status']}",
                   file=sys.stderr, flush=True)
-    header = {"command": " ".join(["python eval/deploy_table.py", *(argv if argv is not None else sys.argv[1:])]),
-              "commit": git_commit(), "machine": machine(torch.device("cpu")),
-              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+    header = {**run_header("eval/deploy_table.py", argv),
               "calibration_images": args.calibrate, "val_images": args.val_images,
               "test_images": args.test_images}
     args.out.mkdir(parents=True, exist_ok=True)

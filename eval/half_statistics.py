@@ -18,7 +18,6 @@ Markdown comes from zoo.report; ``python tools/update_docs.py`` puts it in docs/
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from torch import nn
 
 import zoo
 from zoo import report
-from zoo.cli import git_commit, machine, one_line, positive_int
+from zoo.cli import one_line, positive_int, run_header
 from zoo.data import load_cifar
 from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
 from zoo.evaluate import cifar_batches
@@ -139,9 +138,7 @@ def main(argv=None) -> int:
             rows.append({"model": name, "weights": weights, **measure(model, batches)})
             print(f"  {name:18} {weights:8} largest |x - mu| {rows[-1]['max_dev']:.1f}",
                   file=sys.stderr, flush=True)
-    header = {"command": " ".join(["python eval/half_statistics.py", *(argv if argv is not None else sys.argv[1:])]),
-              "commit": git_commit(), "machine": machine(torch.device("cpu")),
-              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+    header = {**run_header("eval/half_statistics.py", argv),
               "images": len(images), "batch_size": args.batch_size, "half_max": HALF_MAX}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "half-statistics.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")

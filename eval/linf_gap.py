@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import itertools
 import json
 import os
@@ -40,7 +39,7 @@ from claims import BN, CLAIMS, published_entry  # siblings in eval/, on sys.path
 from half_statistics import spread
 from train.data import CifarTrainBatches
 from zoo import report
-from zoo.cli import git_commit, machine, one_line, positive_int
+from zoo.cli import one_line, positive_int, run_header
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate
 from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
@@ -168,9 +167,7 @@ def main(argv=None) -> int:
                      "gradient_error": gradient_errors(model, batches[:steps])})
         print(f"  {model_name:16} seed {seed}  val {rows[-1]['val_top1']:.2f}  recalibrated "
               f"{rows[-1]['val_top1_recalibrated']:.2f}", file=sys.stderr, flush=True)
-    header = {"command": " ".join(["python eval/linf_gap.py", *(argv if argv is not None else sys.argv[1:])]),
-              "commit": git_commit(), "machine": machine(torch.device("cpu")),
-              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+    header = {**run_header("eval/linf_gap.py", argv),
               "val_images": args.val_images, "recalibrate_batches": recalibrate,
               "batch_size": args.batch_size, "steps": steps}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -99,28 +99,24 @@ def deploy(root: Path, page: Path) -> str:
                                  speed)
 
 
-def half_statistics(root: Path, page: Path) -> str:
-    """From the committed run of eval/half_statistics.py (eval/results/claims/half-statistics.json)."""
-    found = root / "eval" / "results" / "claims" / "half-statistics.json"
-    if not found.is_file():
-        return "Not measured yet: `python eval/half_statistics.py --data ../shared/data/cifar10`."
-    written = json.loads(found.read_text())
-    return report.half_statistics_section(written["rows"], written["header"], _link(page, found))
+def claims_measurement(script: str, section: Callable[..., str]) -> Callable[[Path, Path], str]:
+    """The block of a committed eval/SCRIPT.py run under eval/results/claims/ (SCRIPT.json,
+    with - for _), rendered by ``section(rows, header, link)``."""
+    def block(root: Path, page: Path) -> str:
+        found = root / "eval" / "results" / "claims" / f"{script.replace('_', '-')}.json"
+        if not found.is_file():
+            return f"Not measured yet: `python eval/{script}.py --data ../shared/data/cifar10`."
+        written = json.loads(found.read_text())
+        return section(written["rows"], written["header"], _link(page, found))
 
-
-def linf_gap(root: Path, page: Path) -> str:
-    """From the committed run of eval/linf_gap.py (eval/results/claims/linf-gap.json)."""
-    found = root / "eval" / "results" / "claims" / "linf-gap.json"
-    if not found.is_file():
-        return "Not measured yet: `python eval/linf_gap.py --data ../shared/data/cifar10`."
-    written = json.loads(found.read_text())
-    return report.linf_gap_section(written["rows"], written["header"], _link(page, found))
+    return block
 
 
 BLOCKS: dict[str, Callable[[Path, Path], str]] = {
     "naming": naming, "weights": weights, "default-weights": default_weights,
     "performance": performance, "batch-sweep": batch_sweep, "claims": claims, "deploy": deploy,
-    "half-statistics": half_statistics, "linf-gap": linf_gap,
+    "half-statistics": claims_measurement("half_statistics", report.half_statistics_section),
+    "linf-gap": claims_measurement("linf_gap", report.linf_gap_section),
 }
 
 

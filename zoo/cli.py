@@ -5,8 +5,10 @@ commit the code is at."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -74,6 +76,15 @@ def machine(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return f"{cpu_name()}, {threads} thread{'s' if threads > 1 else ''}"
+
+
+def run_header(script: str, argv: Optional[list[str]] = None,
+               device: torch.device = torch.device("cpu")) -> dict:
+    """What a measurement records of its own run: the command (``script`` with ``argv``, else
+    this process's arguments), the commit, the machine, the date and torch's version."""
+    return {"command": " ".join(["python", script, *(argv if argv is not None else sys.argv[1:])]),
+            "commit": git_commit(), "machine": machine(device),
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__}
 
 
 def rank() -> int:
