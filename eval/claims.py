@@ -224,13 +224,19 @@ def parser() -> argparse.ArgumentParser:
 
 def published_entry(cell: Cell) -> Optional[dict]:
     """The manifest entry of the shipped checkpoint whose recorded command trains ``cell``'s
-    settings."""
+    settings. The command is resolved by today's recipes, except for what the entry records
+    the model was built with (its model_kwargs: the zero-init residual gains), so a checkpoint
+    keeps its arm when a method's recipe adjustment changes."""
     from zoo.weights import MANIFEST_PATH, load_manifest
 
     wanted = settings(cell.flags)
     for entry in load_manifest(MANIFEST_PATH)["weights"]:
         flags = recorded_flags(entry["recipe"]["command"])
-        if "--model" in flags and not differences(settings(flags), wanted):
+        if "--model" not in flags:
+            continue
+        trained = settings(flags)
+        trained["recipe"]["zero_init_residual"] = entry["model_kwargs"].get("zero_init_residual", False)
+        if not differences(trained, wanted):
             return entry
     return None
 

@@ -68,6 +68,20 @@ def test_published_checkpoints_count_as_seed_0_where_their_command_trains_the_sa
     assert claims.published(claims.arm("resnet20_bwn").cell(0)) is None  # lr 0.1 is another run
 
 
+def test_a_published_checkpoint_keeps_its_arm_when_the_recipe_adjustment_changes(monkeypatch):
+    """The DEFAULT l1bn command has no --zero-init-residual: the Norm Matters adjustment set it.
+    Without the adjustment the command alone reads as equal init, but the checkpoint was built
+    with zero-init gains (its model_kwargs), so it stays the "on" arm's and not the "off" arm's."""
+    from train import recipes
+
+    for_model = recipes.for_model
+    monkeypatch.setattr(recipes, "for_model", lambda recipe, norm, keep=(): for_model(
+        recipe, norm, keep + ("zero_init_residual",)))  # as if the adjustment were gone
+    on, off = claims.arm("resnet20_l1bn", init="on"), claims.arm("resnet20_l1bn", init="off")
+    assert claims.published(on.cell(0))["source"] == "published resnet20_l1bn.cifar10_long"
+    assert claims.published(off.cell(0))["source"] == "published resnet20_l1bn.cifar10_long_equal_init"
+
+
 def test_a_finished_cell_is_read_into_its_claims(data_root, tmp_path, monkeypatch):
     arm = claims.arm("resnet20_l1bn", init="off")
     cell, own = arm.cell(0), {arm.cell(seed) for seed in range(3)}
