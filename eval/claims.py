@@ -3,6 +3,7 @@
     python eval/claims.py --data ../shared/data/cifar10              # train what is missing, then write
     python eval/claims.py --data ../shared/data/cifar10 --no-train   # write from the finished cells only
     python eval/claims.py --data DIR --claims l1bn_matches_bn --seeds 3
+    python eval/claims.py --data DIR --claims mimic_lr_robust --first 4   # the verdict's cells only
 
 Each claim compares two arms (a model and its trainer flags) over seeds 0..N-1. Every
 (arm, seed) is a cell: a run of the project's trainer (``python -m train``) in its own run
@@ -213,6 +214,10 @@ def parser() -> argparse.ArgumentParser:
                         f"its finished cells): {', '.join(c.key for c in CLAIMS)}")
     p.add_argument("--seeds", type=positive_int("must be at least 1, not {value}"),
                    default=MIN_SEEDS, help="seeds per arm: 0..N-1")
+    p.add_argument("--first", type=positive_int("must be at least 1, not {value}"),
+                   help="train only the first N cells of --claims, in training order (a "
+                        "learning-rate table's judged cells come first): a training budget's "
+                        "cut; the rest are written from what has finished")
     p.add_argument("--no-train", dest="train", action="store_false",
                    help="train nothing: write the results from the finished cells")
     p.add_argument("--runs", default=str(ROOT.parent / "runs" / "claims"),
@@ -389,7 +394,7 @@ def main(argv=None) -> int:
         return 2
     # the cells' trainer runs in the project root: paths from here must hold there too
     args.data, args.runs = str(Path(args.data).resolve()), str(Path(args.runs).resolve())
-    todo = cells([c for c in CLAIMS if c.key in args.claims], args.seeds)
+    todo = cells([c for c in CLAIMS if c.key in args.claims], args.seeds)[: args.first]
     # --claims picks what to train; every claim is written, from its finished cells
     others = [cell for cell in cells(CLAIMS, args.seeds) if cell not in todo]
     reading = argparse.Namespace(**{**vars(args), "train": False})

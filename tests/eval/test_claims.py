@@ -180,6 +180,19 @@ def lr_rows(scores: dict) -> list[dict]:
 M, B = "resnet20_mimic", "resnet20_bn"
 
 
+def test_first_trains_only_the_lr_tables_judged_cells(data_root, tmp_path, monkeypatch):
+    """--first 4 on the learning-rate claim trains its verdict's four cells; every other cell,
+    its own and the other claims', is only read."""
+    asked = []
+    monkeypatch.setattr(claims, "cell_row", lambda arm, seed, args: asked.append((arm.name, args.train)))
+    rc = claims.main(["--data", str(data_root / "cifar10"), "--claims", "mimic_lr_robust", "--first", "4",
+                      "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+    assert rc == 0
+    trained = sorted(name for name, train in asked if train)
+    assert trained == sorted(f"resnet20_{m}.mimic_lr_cifar10.lr{lr}" for m in ("bn", "mimic") for lr in (1.0, 2.0))
+    assert len(asked) == len(claims.cells(claims.CLAIMS, claims.MIN_SEEDS))  # the rest read
+
+
 @pytest.mark.parametrize("scores, verdict, diffs", [
     ({(M, 1.0): 40.0, (B, 1.0): 30.0, (M, 2.0): 35.0, (B, 2.0): "diverged"}, "holds at one seed",
      {"1.0": 10.0, "2.0": 25.0}),  # a run diverged before validating counts as chance, 10%
