@@ -156,7 +156,7 @@ CLAIMS = (
           "ImageNet ResNets (METHODS.md §3)", "matches",
           arm("resnet20_l1bn", init="off"), BN,
           "Both arms start every gain at 1 (zero-init residual off)."),
-    Claim("linfbn_matches_bn", "L∞ (top-k) batch norm matches batch norm",
+    Claim("linfbn_matches_bn", "L∞ batch norm (the maximum, k = 1) matches batch norm",
           "Hoffer et al., *Norm matters*, NeurIPS 2018: L∞ BN matches L2 BN's accuracy on "
           "ImageNet ResNets (METHODS.md §3)", "matches", arm("resnet20_linfbn", init="off"), BN,
           "Both arms start every gain at 1 (zero-init residual off)."),
