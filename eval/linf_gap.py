@@ -48,20 +48,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "claims"
 CIFAR10 = Path(os.environ.get("NORMZOO_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
 VAL_IMAGES = 5000  # the recipes' val split: the last 5,000 training images
-ARMS = (BN, *(c.a for c in CLAIMS if c.key in ("l1bn_matches_bn", "linfbn_matches_bn")))
-MODELS = ("resnet20_bn", "resnet20_l1bn", "resnet20_linfbn")
+# The equal-init arms of the *_matches_bn claims, by model
+ARMS = {a.cell(0).value("--model"): a
+        for a in (BN, *(c.a for c in CLAIMS if c.key in ("l1bn_matches_bn", "linfbn_matches_bn")))}
 STATISTIC = {nn.BatchNorm2d: "L2", L1BatchNorm2d: "L1", TopKBatchNorm2d: "Linf"}
 
 
 def published_weights(models: list[str], seeds: int) -> list[tuple[str, int, str]]:
     """(model, seed, weights tag) of every published cell of ``models``' arms among seeds
     0..seeds-1."""
-    arms = {a.flags[a.flags.index("--model") + 1]: a for a in ARMS}
-    unknown = [m for m in models if m not in arms]
+    unknown = [m for m in models if m not in ARMS]
     if unknown:
-        raise ValueError(f"--models: {', '.join(unknown)} is not one of {', '.join(arms)}")
+        raise ValueError(f"--models: {', '.join(unknown)} is not one of {', '.join(ARMS)}")
     found = []
-    for arm_, seed in itertools.product([arms[m] for m in models], range(seeds)):
+    for arm_, seed in itertools.product([ARMS[m] for m in models], range(seeds)):
         entry = published_entry(arm_.cell(seed))
         if entry is not None:
             model, tag = entry["name"].split(".", 1)
@@ -115,7 +115,7 @@ def gradient_errors(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Te
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=CIFAR10, help="CIFAR-10 (python layout; default: %(default)s)")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--models", default=",".join(ARMS), help="comma-separated (default: %(default)s)")
     p.add_argument("--seeds", type=positive_int(), default=3, help="seeds 0..N-1 (default: %(default)s)")
     p.add_argument("--recalibrate", type=positive_int(), default=200,
                    help="training batches to re-estimate the statistics on, at most an epoch's "
