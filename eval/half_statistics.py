@@ -57,10 +57,10 @@ def spread(dev: torch.Tensor, statistic: str) -> torch.Tensor:
     return c_n * dev.abs().amax(1)
 
 
-def scales(dev: torch.Tensor, statistic: str, eps: float = EPS) -> torch.Tensor:
+def scales(dev: torch.Tensor, statistic: str) -> torch.Tensor:
     """Per-channel scale s from the deviations ``dev = x - mu`` (C, n), op by op in dev's dtype."""
     found = spread(dev, statistic)
-    return 1 / (torch.sqrt(found + eps) if statistic == "L2" else found + eps)
+    return 1 / (torch.sqrt(found + EPS) if statistic == "L2" else found + EPS)
 
 
 def compare(x: torch.Tensor) -> dict:
