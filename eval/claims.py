@@ -216,8 +216,9 @@ def parser() -> argparse.ArgumentParser:
                    default=MIN_SEEDS, help="seeds per arm: 0..N-1")
     p.add_argument("--first", type=positive_int("must be at least 1, not {value}"),
                    help="train only the first N cells of --claims, in training order (a "
-                        "learning-rate table's judged cells come first): a training budget's "
-                        "cut; the rest are written from what has finished")
+                        "learning-rate table's judged cells come first), finished ones "
+                        "included: a training budget's cut; the rest are written from what "
+                        "has finished")
     p.add_argument("--no-train", dest="train", action="store_false",
                    help="train nothing: write the results from the finished cells")
     p.add_argument("--runs", default=str(ROOT.parent / "runs" / "claims"),

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
-from train.run_folder import RunFolder, read_jsonl
-
 ROOT = Path(__file__).resolve().parents[1]
 
 # What a finished cell must share with the cell asked for (the trainer's own --resume rule,
@@ -105,6 +103,8 @@ def train_cell(cell: Cell, runs: Path, data: str, threads: int) -> dict:
     its epoch rows (log.jsonl; a diverged run's, those before it diverged) and a status:
     "ok", or "diverged" with the epoch and step (the same seed diverges again, so a diverged
     cell is not retrained)."""
+    from train.run_folder import RunFolder
+
     folder = runs / cell.name
     diverged = folder / "diverged.json"
     if diverged.is_file():
@@ -117,7 +117,11 @@ def train_cell(cell: Cell, runs: Path, data: str, threads: int) -> dict:
                 if result is not None:
                     diverged.write_text(json.dumps(result) + "\n")
                     return {"folder": folder, "rows": RunFolder(folder).log(), **result}
-    return {"folder": folder, "rows": RunFolder(folder).log(), "status": "ok"}
+    rows = RunFolder(folder).log()
+    if not rows:
+        raise GridError(f"{folder} has model.safetensors but no epoch in log.jsonl: move the "
+                        f"folder away to train cell {cell.name} again")
+    return {"folder": folder, "rows": rows, "status": "ok"}
 
 
 @contextlib.contextmanager
@@ -166,6 +170,8 @@ def run_grid(cells: list, work: Callable, jobs: int, runs: Path,
     """Run ``work(cell)`` for every cell, ``jobs`` at a time, printing each result with
     ``describe``. Returns the rows and the grid's invocations so far, each with its wall
     seconds (runs/invocations.jsonl)."""
+    from train.run_folder import read_jsonl
+
     runs.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows: list[dict] = []

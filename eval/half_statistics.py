@@ -34,6 +34,7 @@ from zoo.data import load_cifar
 from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
 from zoo.evaluate import cifar_batches
 from zoo.preprocessing import default_preprocessing, eval_transforms
+from zoo.weights import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "claims"
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
         train = load_cifar(args.data, "train")
         images, labels = train.images[: args.images], train.labels[: args.images]
         trained = {name: trained_model(name) for name in args.models.split(",")}
-    except (ValueError, OSError) as e:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError, WeightsError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     rows = []
@@ -140,7 +142,6 @@ def main(argv=None) -> int:
                   file=sys.stderr, flush=True)
     header = {**run_header("eval/half_statistics.py", argv),
               "images": len(images), "batch_size": args.batch_size, "half_max": HALF_MAX}
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "half-statistics.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(report.half_statistics_section(rows, header))
     return 0

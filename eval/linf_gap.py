@@ -11,11 +11,11 @@ on every published equal-init seed of bn, l1bn and linfbn (the arms of eval/clai
   show as accuracy that recalibrating recovers.
 - eps: over the same batches, the most any batch norm's eps changes any channel's scale,
   1 - s(eps) / s(0). Near 0, eps cannot matter.
-- the fused kernels: one training step (train mode, the trainer's memory format) on each of
-  --steps batches from the same weights, in float32 with zoo.fuse_norms on and off: the largest
-  relative error of a parameter's gradient against the eager step in float64. Eager float32 is
-  the error any float32 run has; fused kernels no further from float64 add nothing to it. This
-  compares single steps, not two full runs.
+- the fused kernels: one training step as the trainer takes it (train mode, its memory format,
+  bf16 autocast where the run had it) on each of --steps batches from the same weights, with
+  zoo.fuse_norms on and off: the relative error of the whole gradient against the eager step
+  in float64. The eager kernels' error is what every run at that precision has; fused kernels
+  close to it add little to it. This compares single steps, not two full runs.
 Val is the recipes' 5,000 held-out training images. Markdown comes from zoo.report;
 ``python tools/update_docs.py`` puts it in docs/claims.md.
 """
@@ -29,20 +29,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
 import zoo
 from claims import BN, CLAIMS, published_entry  # siblings in eval/, on sys.path as a script
+from grid import recorded_flags, settings
 from half_statistics import spread
 from train.data import CifarTrainBatches
 from zoo import report
 from zoo.cli import one_line, positive_int, run_header
 from zoo.data import load_cifar
 from zoo.evaluate import cifar_batches, evaluate
+from zoo.norms.common import fused_failure
 from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
+from zoo.weights import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "claims"
@@ -54,9 +56,9 @@ ARMS = {a.cell(0).value("--model"): a
 STATISTIC = {nn.BatchNorm2d: "L2", L1BatchNorm2d: "L1", TopKBatchNorm2d: "Linf"}
 
 
-def published_weights(models: list[str], seeds: int) -> list[tuple[str, int, str]]:
-    """(model, seed, weights tag) of every published cell of ``models``' arms among seeds
-    0..seeds-1."""
+def published_weights(models: list[str], seeds: int) -> list[tuple[str, int, str, bool]]:
+    """(model, seed, weights tag, whether it trained under autocast) of every published cell of
+    ``models``' arms among seeds 0..seeds-1."""
     unknown = [m for m in models if m not in ARMS]
     if unknown:
         raise ValueError(f"--models: {', '.join(unknown)} is not one of {', '.join(ARMS)}")
@@ -65,7 +67,8 @@ def published_weights(models: list[str], seeds: int) -> list[tuple[str, int, str
         entry = published_entry(arm_.cell(seed))
         if entry is not None:
             model, tag = entry["name"].split(".", 1)
-            found.append((model, seed, tag))
+            amp = settings(recorded_flags(entry["recipe"]["command"]))["recipe"]["amp"]
+            found.append((model, seed, tag, amp))
     return found
 
 
@@ -93,22 +96,30 @@ def recalibrated(model: nn.Module, batches: list[torch.Tensor]) -> tuple[nn.Modu
     return model, max(effects)
 
 
-def gradient_errors(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Optional[dict]:
-    """One training step per batch from the same weights, in float32 with the fused kernels and
-    without: the largest relative error of any parameter's gradient against the eager step in
-    float64. None where the model's norms have no fused kernels."""
-    worst = {"fused": 0.0, "eager": 0.0}
+def gradient_errors(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                    amp: bool) -> dict:
+    """One training step per batch from the same weights as the trainer takes it (under bf16
+    autocast where ``amp``), with the fused kernels and without: the relative error of the whole
+    gradient (every parameter's, as one vector) against the eager step in float64 without
+    autocast, the largest over the batches. "fused" is None, with the reason in "fused_off",
+    where the model's norms have no fused kernels or they did not compile here."""
+    kernels = ("fused", "eager") if zoo.fuse_norms(copy.deepcopy(model)) else ("eager",)
+    worst = {"fused": None, "eager": 0.0, "fused_off": None if "fused" in kernels else "no fused kernels"}
     for x, y in batches:
         grads = {}
-        for kernels, dtype in (("fused", torch.float32), ("eager", torch.float32), ("exact", torch.float64)):
+        for kind in (*kernels, "exact"):
+            dtype = torch.float64 if kind == "exact" else torch.float32
             step = copy.deepcopy(model).train().to(dtype)
-            if zoo.fuse_norms(step, kernels == "fused") == 0:
-                return None
-            nn.functional.cross_entropy(step(x.to(dtype)), y).backward()
-            grads[kernels] = {n: p.grad.double() for n, p in step.named_parameters()}
-        for kernels in worst:
-            worst[kernels] = max(worst[kernels], *(((grads[kernels][n] - g).norm() / g.norm()).item()
-                                                   for n, g in grads["exact"].items() if g.norm() > 0))
+            zoo.fuse_norms(step, kind == "fused")
+            with torch.autocast("cpu", torch.bfloat16, enabled=amp and kind != "exact"):
+                loss = nn.functional.cross_entropy(step(x.to(dtype)), y)
+            loss.backward()
+            grads[kind] = torch.cat([p.grad.double().flatten() for p in step.parameters()])
+            if kind == "fused" and fused_failure() is not None:
+                return {**worst, "fused_off": f"did not compile: {fused_failure()}"}
+        for kind in kernels:
+            error = ((grads[kind] - grads["exact"]).norm() / grads["exact"].norm()).item()
+            worst[kind] = max(worst[kind] or 0.0, error)
     return worst
 
 
@@ -139,7 +150,9 @@ def main(argv=None) -> int:
         if not cells:
             raise ValueError("no equal-init weights of bn, l1bn or linfbn are published yet: "
                              "python eval/claims.py trains them")
-    except (ValueError, OSError) as e:
+        models = [zoo.create_model(name, weights=tag) for name, _, tag, _ in cells]
+        args.out.mkdir(parents=True, exist_ok=True)  # before the minutes of work that fill it
+    except (ValueError, OSError, WeightsError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     split = len(train.labels) - args.val_images
@@ -147,12 +160,12 @@ def main(argv=None) -> int:
     recalibrate, steps = (min(n, split // args.batch_size) for n in (args.recalibrate, args.steps))
     val_images, val_labels = train.images[split:], train.labels[split:]
     rows = []
-    for model_name, seed, tag in cells:
-        model = zoo.create_model(model_name, weights=tag)
+    for (model_name, seed, tag, amp), model in zip(cells, models):
         channels_last = zoo.prefers_channels_last(model)
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        # The trainer's batches of epoch 0 at seed 0: augmented, normalised, in its memory format.
+        # The trainer's batches (seed 0's epoch 0, for every seed's weights: any such batches
+        # estimate the statistics): augmented, normalised, in its memory format.
         batches = list(itertools.islice(
             CifarTrainBatches(train.images[:split], train.labels[:split], args.batch_size, seed=0,
                               channels_last=channels_last).epoch(0), max(recalibrate, steps)))
@@ -164,13 +177,12 @@ def main(argv=None) -> int:
         fresh, eps = recalibrated(model, [x for x, _ in batches[:recalibrate]])
         rows.append({"model": model_name, "seed": seed, "weights": tag, "val_top1": val_top1(model),
                      "val_top1_recalibrated": val_top1(fresh), "eps_effect": eps,
-                     "gradient_error": gradient_errors(model, batches[:steps])})
+                     "amp": amp, "gradient_error": gradient_errors(model, batches[:steps], amp)})
         print(f"  {model_name:16} seed {seed}  val {rows[-1]['val_top1']:.2f}  recalibrated "
               f"{rows[-1]['val_top1_recalibrated']:.2f}", file=sys.stderr, flush=True)
     header = {**run_header("eval/linf_gap.py", argv),
               "val_images": args.val_images, "recalibrate_batches": recalibrate,
               "batch_size": args.batch_size, "steps": steps}
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "linf-gap.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(report.linf_gap_section(rows, header))
     return 0

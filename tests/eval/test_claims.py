@@ -280,3 +280,14 @@ def test_the_small_batch_claims_share_one_bn_arm_named_by_its_flags():
     assert grid.settings(cell.flags)["recipe"]["batch_size"] == 8  # the effective recipe
     trained = [a.name for a, _ in claims.cells([gn, ilm], 3)]
     assert len(trained) == 9 and len(set(trained)) == 3  # 3 arms x 3 seeds, bn's trained once
+
+
+def test_a_finished_cell_without_a_log_is_one_error_not_an_empty_row(tmp_path):
+    cell = claims.BN.cell(0)
+    folder = tmp_path / cell.name
+    folder.mkdir()
+    (folder / "recipe.json").write_text(json.dumps(
+        {"command": "python -m train " + " ".join(cell.flags) + " --data D --out O"}))
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(grid.GridError, match="has model.safetensors but no epoch in log.jsonl"):
+        grid.train_cell(cell, tmp_path, "D", threads=1)

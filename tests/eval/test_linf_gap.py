@@ -42,15 +42,27 @@ def stay_eager(model, enabled=True):
     return sum(getattr(m, "has_fused_kernels", False) for m in model.modules())
 
 
-def test_gradient_errors_measure_float32_against_float64(monkeypatch):
-    """Without a compiler both float32 steps are the eager one: equal errors, small and not 0.
-    A model whose norms have no fused kernels gives None."""
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
+def test_gradient_errors_measure_the_trainers_precision_against_float64(monkeypatch, amp):
+    """Without a compiler both steps are the eager one: equal errors, not 0, and larger under
+    bf16 autocast than in float32. A model whose norms have no fused kernels gets only the
+    eager error."""
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    assert linf_gap.gradient_errors(zoo.create_model("resnet20_bn"), [(x, y)]) is None
+    bn = linf_gap.gradient_errors(zoo.create_model("resnet20_bn"), [(x, y)], amp)
+    assert bn["fused"] is None and bn["fused_off"] == "no fused kernels" and bn["eager"] > 0
     monkeypatch.setattr(zoo, "fuse_norms", stay_eager)
-    found = linf_gap.gradient_errors(zoo.create_model("resnet20_linfbn"), [(x, y)])
-    assert found["fused"] == found["eager"] and 0 < found["eager"] < 1e-3
+    found = linf_gap.gradient_errors(zoo.create_model("resnet20_linfbn"), [(x, y)], amp)
+    assert found["fused"] == found["eager"] and found["fused_off"] is None
+    assert (1e-3 < found["eager"] < 0.5) if amp else (0 < found["eager"] < 1e-3)
+
+
+def test_fused_kernels_that_did_not_compile_are_not_compared(monkeypatch):
+    monkeypatch.setattr(zoo, "fuse_norms", stay_eager)
+    monkeypatch.setattr(linf_gap, "fused_failure", lambda: "CalledProcessError: no compiler")
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    found = linf_gap.gradient_errors(zoo.create_model("resnet20_l1bn"), [(x, y)], False)
+    assert found["fused"] is None and found["fused_off"] == "did not compile: CalledProcessError: no compiler"
 
 
 def test_run_on_tiny_data_writes_rows_and_markdown(tiny_cifar10, tmp_path, capsys, monkeypatch):
@@ -67,10 +79,11 @@ def test_run_on_tiny_data_writes_rows_and_markdown(tiny_cifar10, tmp_path, capsy
     for row in rows:
         assert 0 <= row["val_top1"] <= 100 and 0 <= row["val_top1_recalibrated"] <= 100
         assert 0 < row["eps_effect"] < 1e-2
-    assert rows[0]["gradient_error"] is None and 0 < rows[1]["gradient_error"]["eager"] < 1e-2
+    assert rows[0]["gradient_error"]["fused"] is None and rows[1]["gradient_error"]["fused"] > 0
+    assert rows[0]["amp"] is rows[1]["amp"] is True  # cifar10_cpu_long trains under bf16 autocast
     out = capsys.readouterr().out
     gap = rows[1]["val_top1"] - rows[0]["val_top1"]
-    assert f"| `resnet20_linfbn` | 0 | `cifar10_long_equal_init` | {rows[1]['val_top1']:.2f} |" in out
+    assert f"| `resnet20_linfbn` | 0 | `cifar10_long_equal_init` | bf16 | {rows[1]['val_top1']:.2f} |" in out
     assert f"paired by seed: {gap:+.2f} points (n=1)" in out
 
 
@@ -87,9 +100,18 @@ def test_bad_input_is_one_error(tiny_cifar10, tmp_path, capsys, flags, fragment)
 def test_a_gap_the_checks_could_explain_is_not_called_explained():
     header = {"command": "c", "commit": "0123456789ab", "machine": "m", "torch": "2", "date": "d",
               "val_images": 16, "recalibrate_batches": 2, "batch_size": 8, "steps": 1}
-    row = {"seed": 0, "weights": "w", "eps_effect": 1e-5, "gradient_error": None}
-    rows = [{**row, "model": "resnet20_bn", "val_top1": 92.0, "val_top1_recalibrated": 92.1},
-            {**row, "model": "resnet20_linfbn", "val_top1": 91.0, "val_top1_recalibrated": 91.1}]
-    assert "None of the three accounts for it." in report.linf_gap_section(rows, header)
+    row = {"seed": 0, "weights": "w", "amp": True, "eps_effect": 1e-5}
+    rows = [{**row, "model": "resnet20_bn", "val_top1": 92.0, "val_top1_recalibrated": 92.1,
+             "gradient_error": {"fused": None, "eager": 0.2, "fused_off": "no fused kernels"}},
+            {**row, "model": "resnet20_linfbn", "val_top1": 91.0, "val_top1_recalibrated": 91.1,
+             "gradient_error": {"fused": 0.22, "eager": 0.2, "fused_off": None}}]
+    markdown = report.linf_gap_section(rows, header)
+    assert "| `resnet20_linfbn` | 0 | `w` | bf16 | 91.00 | 91.10 | 1e-05 | 0.220 / 0.200 |" in markdown
+    assert "at most 1.10 times the eager kernels'" in markdown
+    assert "None of the three accounts for it" in markdown
     rows[1]["val_top1_recalibrated"] = 91.9  # recalibrating recovers most of the gap
-    assert "At least one of the three may" in report.linf_gap_section(rows, header)
+    assert "Not every check rules itself out" in report.linf_gap_section(rows, header)
+    rows[1]["val_top1_recalibrated"] = 91.1
+    rows[1]["gradient_error"] = {"fused": None, "eager": 0.2, "fused_off": "did not compile: X"}
+    markdown = report.linf_gap_section(rows, header)
+    assert "| not compiled / 0.200 |" in markdown and "Not every check rules itself out" in markdown

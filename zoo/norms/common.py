@@ -13,7 +13,7 @@ import torch
 from ..cli import first_line
 
 __all__ = ["group_count", "fp32_statistics", "statistics_dtype", "tracing", "channel_affine",
-           "channel_sums", "fused_kernel", "like_format"]
+           "channel_sums", "fused_kernel", "fused_failure", "like_format"]
 
 
 def group_count(num_channels: int, max_groups: int, min_group_channels: int) -> int:
@@ -102,6 +102,11 @@ def channel_sums(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor):
 
 # Why the fused kernels are off in this process (None: they are on, or not yet tried).
 _fused_failure: Optional[str] = None
+
+
+def fused_failure() -> Optional[str]:
+    """Why the fused kernels are off in this process (their compile failed), or None."""
+    return _fused_failure
 
 
 def fused_kernel(math: Callable) -> Callable:
