@@ -26,7 +26,6 @@ import argparse
 import copy
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -36,8 +35,9 @@ from torch import nn
 import zoo
 from claims import BN, CLAIMS, published_entry  # siblings in eval/, on sys.path as a script
 from grid import recorded_flags, settings
-from half_statistics import spread
+from half_statistics import CIFAR10, RESULTS, spread
 from train.data import CifarTrainBatches
+from train.recipes import get_recipe
 from zoo import report
 from zoo.cli import one_line, positive_int, run_header
 from zoo.data import load_cifar
@@ -46,10 +46,7 @@ from zoo.norms.common import fused_failure
 from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
 from zoo.weights import WeightsError
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "eval" / "results" / "claims"
-CIFAR10 = Path(os.environ.get("NORMZOO_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
-VAL_IMAGES = 5000  # the recipes' val split: the last 5,000 training images
+VAL_IMAGES = get_recipe(BN.cell(0).value("--recipe")).val_images  # held out from the end of train
 # The equal-init arms of the *_matches_bn claims, by model
 ARMS = {a.cell(0).value("--model"): a
         for a in (BN, *(c.a for c in CLAIMS if c.key in ("l1bn_matches_bn", "linfbn_matches_bn")))}
