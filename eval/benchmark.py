@@ -57,6 +57,7 @@ import zoo
 from deploy_table import compile_int8, default_models, variants  # eval/: what the table scores
 from zoo import report
 from zoo.cli import machine
+from zoo.data import SHARED_DATA
 from zoo.norms.common import group_count
 from zoo.reference import OriginalILMGroupNorm, OriginalTopKBatchNorm2d
 # The goals, each norm's baseline and the dtypes: one list, which the performance page reports.
@@ -65,8 +66,8 @@ from zoo.report import (DTYPES, FLOOR_SUITES, INFERENCE_TARGETS, NORM_BASELINE, 
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results"
-IMAGENET_SAMPLE = ROOT.parent / "shared" / "data" / "imagenet" / "train-sample"
-CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
+IMAGENET_SAMPLE = SHARED_DATA / "imagenet" / "train-sample"
+CIFAR10 = SHARED_DATA / "cifar10"
 FIELDS = ("suite", "name", "config", "dtype", "baseline", "value", "unit", "spread_pct",
           "ratio", "ratio_spread_pct", "target", "meets")
 

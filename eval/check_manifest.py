@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import validate  # a sibling in eval/, on sys.path when this runs as a script
-from zoo.data import load_cifar
+from zoo.data import SHARED_DATA, load_cifar
 from zoo.evaluate import ImageNetVal
 from zoo.hub import check_files
 from zoo.weights import WeightsError, load_manifest
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+SHARED_CIFAR = SHARED_DATA / "cifar10"
 
 
 def main(argv=None) -> int:

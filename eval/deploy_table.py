@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,13 +26,13 @@ from torch import nn
 import zoo
 from zoo import report
 from zoo.cli import one_line, positive_int, run_header
-from zoo.data import load_cifar
+from zoo.data import SHARED_DATA, load_cifar
 from zoo.deploy import quantize_int8
 from zoo.evaluate import cifar_batches, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "deploy"
-CIFAR10 = Path(os.environ.get("NORMZOO_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
+CIFAR10 = SHARED_DATA / "cifar10"
 VARIANTS = ("fp32", "bf16", "fp16", "folded", "int8")
 VAL_IMAGES = 5000  # the recipes' val_images: held out from the end of the training set
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from torch import nn
 import zoo
 from zoo import report
 from zoo.cli import one_line, positive_int, run_header
-from zoo.data import load_cifar
+from zoo.data import SHARED_DATA, load_cifar
 from zoo.norms.norm_matters import L1BatchNorm2d, TopKBatchNorm2d
 from zoo.evaluate import cifar_batches
 from zoo.preprocessing import default_preprocessing, eval_transforms
@@ -38,7 +37,7 @@ from zoo.weights import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "claims"
-CIFAR10 = Path(os.environ.get("NORMZOO_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
+CIFAR10 = SHARED_DATA / "cifar10"
 MODELS = ("resnet20_bn", "resnet20_l1bn", "resnet20_linfbn")
 STATISTICS = ("L2", "L1", "Linf")
 HALF_MAX = torch.finfo(torch.float16).max

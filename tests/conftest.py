@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import zoo
+import zoo.data
 import zoo.hub
 from hub_server import FakeHub
 
@@ -47,7 +48,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The shared real data (``../shared/data`` beside the repo, or $NORMZOO_DATA)."""
-    root = Path(os.environ.get("NORMZOO_DATA", REPO.parent / "shared" / "data"))
+    root = zoo.data.SHARED_DATA
     if not (root / "cifar10").is_dir():
         pytest.fail(f"the shared data is not at {root}: set NORMZOO_DATA to the folder "
                     f"holding cifar10/, cifar100/ and imagenet/")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,11 +21,10 @@ import torch
 import zoo
 import zoo.weights
 from zoo.cli import add_download_argument, downloaded_cifar, positive_int
-from zoo.data import load_cifar
+from zoo.data import SHARED_DATA, load_cifar
 from zoo.preprocessing import default_preprocessing, eval_transforms
 
-DEFAULT_DATA = Path(os.environ.get(
-    "NORMZOO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "cifar10"
+DEFAULT_DATA = SHARED_DATA / "cifar10"
 
 
 def main(argv=None) -> int:

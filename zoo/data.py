@@ -8,6 +8,7 @@ so they are read with an unpickler that builds only numpy arrays and plain conta
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import tarfile
 import zlib
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 __all__ = ["CifarSplit", "load_cifar", "download_cifar", "CIFAR_DOWNLOADS", "CIFAR_MEAN", "CIFAR_STD", "IMAGENET_MEAN", "IMAGENET_STD",
-           "CIFAR10_CLASSES", "imagenet_classes", "categories"]
+           "CIFAR10_CLASSES", "imagenet_classes", "categories", "SHARED_DATA"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -28,6 +29,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # What download_cifar fetches, and where the command lines' --download puts it without
 # --data: a folder of the dataset's name under zoo.weights.cache_dir() / "data".
 CIFAR_DOWNLOADS = ("cifar10", "cifar100")
+
+# Where the command lines and eval scripts look for data without --data: $NORMZOO_DATA, else
+# the project's shared folder beside the checkout (cifar10/, cifar100/, imagenet/ under it).
+SHARED_DATA = Path(os.environ.get("NORMZOO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck"]

@@ -90,9 +90,10 @@ def test_linf_ties_pick_the_eager_kernels_entry(channels_last, compiles):
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)
 
 
+# Each case compiles its own kernels. The last is the hard one: 4 groups of 24 channels against
+# key groups of 16 (neither nests: fine groups of 8), and an embedding of 3 (6 key groups / 2).
 @pytest.mark.parametrize("channels, base, kwargs", [
-    (16, "gn", {}), (32, "in", {}), (64, "ln", {}), (96, "gn", {"max_groups": 4}),
-    (48, "gn", {"key_group_size": 8, "reduction": 2})])
+    (16, "gn", {}), (32, "in", {}), (64, "ln", {}), (96, "gn", {"max_groups": 4, "reduction": 2})])
 def test_ilm_matches_naive_in_float64(channels, base, kwargs, compiles):
     layer = _fused(make_layer(channels, base, **kwargs))
     x = make_input((3, channels, 3, 5)).requires_grad_()
