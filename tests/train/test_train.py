@@ -30,7 +30,7 @@ import zoo
 from train.data import CifarTrainBatches, _crop_flip
 from train.finish import score
 from train.loop import lr_lambda, param_groups
-from train.recipes import NORM_MATTERS, RECIPES, for_model, get_recipe, override
+from train.recipes import RECIPES, for_model, get_recipe, override
 from zoo.data import CIFAR_MEAN, CIFAR_STD, load_cifar
 from zoo.evaluate import cifar_batches, evaluate
 from zoo.preprocessing import default_preprocessing, eval_transforms
@@ -199,17 +199,15 @@ def test_for_model_applies_each_methods_requirements():
     bwn, why = for_model(cpu, "bwn")
     assert cpu.amp and not bwn.amp and any("float32, no autocast" in w for w in why)
     assert for_model(cpu, "bwn", keep=("amp",))[0].amp  # --amp on the command line wins
-    for norm in NORM_MATTERS:
-        recipe, why = for_model(tiny, norm)
-        if norm in ("meanbn", "bwn"):  # mean-only BN: no gain to start at zero
-            assert not recipe.zero_init_residual
-        else:
-            assert recipe.zero_init_residual and any("zero_init_residual=True" in w for w in why)
-    # --no-zero-init-residual on the command line wins over the Norm Matters adjustment
-    assert for_model(tiny, "l1bn", keep=("zero_init_residual",)) == (tiny, [])
-    # only the named fields change
-    l1, _ = for_model(tiny, "l1bn")
-    assert dataclasses.replace(l1, zero_init_residual=False) == tiny
+    # the Norm Matters norms train as BN does: every gain starts at 1 (docs/claims.md)
+    for norm in ("l1bn", "linfbn", "topkbn", "lpbn"):
+        assert for_model(tiny, norm) == (tiny, [])
+    # their own recipe keeps the authors' zero-init gains, except on norms without a gain
+    norm_matters = RECIPES["norm_matters_cifar"]
+    assert for_model(norm_matters, "l1bn") == (norm_matters, [])
+    meanbn, why = for_model(norm_matters, "meanbn")
+    assert dataclasses.replace(meanbn, zero_init_residual=True) == norm_matters
+    assert any("zero_init_residual=False" in w for w in why)
 
 
 @pytest.mark.parametrize("preset", ["test_tiny", "norm_matters_cifar", "mimic_cifar100"])
