@@ -162,7 +162,8 @@ CLAIMS = (
           "Both arms start every gain at 1 (zero-init residual off)."),
     Claim("l1bn_zero_init_costs", "Zero-init residual gains cost L1 BN accuracy here",
           "Not a paper claim: the Norm Matters recipes start each block's last gain at 0, and "
-          "NormZoo's l1bn and linfbn DEFAULT weights carry it. Here: equal init minus zero init",
+          "NormZoo's first l1bn and linfbn weights (tags cifar10, cifar10_long) carry it. Here: "
+          "equal init minus zero init",
           "better", arm("resnet20_l1bn", init="off"), arm("resnet20_l1bn", init="on")),
     Claim("linfbn_zero_init_costs", "Zero-init residual gains cost L∞ BN accuracy here",
           "Not a paper claim: as above, for L∞ BN", "better",
