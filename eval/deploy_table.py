@@ -11,6 +11,7 @@ cannot run is recorded as such. folded: zoo.fold_norms, fp32. int8: zoo.deploy.q
 --calibrate training images, which the validation images are not among. Speed is the
 benchmark's deploy suite (eval/benchmark.py): the same variants, timed side by side with the
 fp32 model. Markdown comes from zoo.report; ``python tools/update_docs.py`` puts the table in docs/deploy.md.
+A run of fewer models or other settings does not replace --out's results unless --force.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 import zoo
+from grid import GridError, refuse_losing_rows  # a sibling in eval/, on sys.path when this runs as a script
 from train.recipes import get_recipe
 from zoo import report
 from zoo.cli import one_line, positive_int, run_header
@@ -96,14 +98,25 @@ def main(argv=None) -> int:
     p.add_argument("--test-images", type=positive_int(), default=1000)
     p.add_argument("-b", "--batch-size", type=positive_int(), default=250)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--force", action="store_true",
+                   help="replace an --out table of other models or settings (default: refuse)")
     args = p.parse_args(argv)
+    settings = {"calibration_images": args.calibrate, "val_images": args.val_images,
+                "test_images": args.test_images}
     try:
+        shipped = default_models()
+        names = [m.strip() for m in args.models.split(",")] if args.models else shipped
+        unknown = [m for m in names if m not in shipped]
+        if unknown:
+            raise ValueError(f"--models: no shipped DEFAULT checkpoint for {', '.join(unknown)} "
+                             f"(these have one: {', '.join(shipped)})")
+        refuse_losing_rows(args.out / "deploy.json", settings, ("model",), [(m,) for m in names],
+                           args.force)
         train, test = load_cifar(args.data, "train"), load_cifar(args.data, "test")
         if args.val_images + args.calibrate > len(train.labels):
             raise ValueError(f"{len(train.labels)} training images cannot hold --calibrate "
                              f"{args.calibrate} and --val-images {args.val_images} apart")
-        names = args.models.split(",") if args.models else default_models()
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, GridError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     splits = {"val": (train.images[-args.val_images:], train.labels[-args.val_images:]),
@@ -122,9 +135,7 @@ def main(argv=None) -> int:
             print(f"  {name:18} {variant:7} val {r['val_top1']}  test {r['test_top1']}  "
                   f"{'' if r['status'] == 'ok' else r['status']}",
                   file=sys.stderr, flush=True)
-    header = {**run_header("eval/deploy_table.py", argv),
-              "calibration_images": args.calibrate, "val_images": args.val_images,
-              "test_images": args.test_images}
+    header = {**run_header("eval/deploy_table.py", argv), **settings}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "deploy.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(report.deploy_section(rows, header, "deploy.json"))

@@ -195,7 +195,8 @@ def run_grid(cells: list, work: Callable, jobs: int, runs: Path,
 
 
 def refuse_overwrite(settings_path: Path, changed: Callable[[dict], list[str]],
-                     force: bool) -> None:
+                     force: bool, folder_flag: str = "--results",
+                     holds: str = "results of other settings") -> None:
     """Refuse to replace results whose recorded settings (``settings_path``) differ from
     this run's, as ``changed(recorded)`` names them (a trial run into the default results
     folder would overwrite the committed results), unless ``force``."""
@@ -207,6 +208,20 @@ def refuse_overwrite(settings_path: Path, changed: Callable[[dict], list[str]],
         return  # unreadable: nothing worth keeping
     names = changed(recorded)
     if names:
-        raise GridError(f"{settings_path} holds results of other settings ({', '.join(names)}); "
-                        f"write these to another --results folder, or pass --force to replace "
+        raise GridError(f"{settings_path} holds {holds} ({', '.join(names)}); "
+                        f"write these to another {folder_flag} folder, or pass --force to replace "
                         f"them")
+
+
+def refuse_losing_rows(results_path: Path, settings: dict, row_key: tuple[str, ...],
+                       measured: Iterable[tuple], force: bool) -> None:
+    """refuse_overwrite for an eval script's ``{"header", "rows"}`` file (``--out``): this run
+    would lose what the file holds if its header differs in one of ``settings`` or it has rows
+    whose ``row_key`` values this run does not measure (a ``--models`` subset)."""
+    def changed(recorded: dict) -> list[str]:
+        header = recorded.get("header", {})
+        names = [f"{k} {header[k]}" for k, v in settings.items() if k in header and header[k] != v]
+        dropped = {tuple(r.get(k) for k in row_key) for r in recorded.get("rows", [])} - set(measured)
+        return names + [" ".join(f"{k} {v}" if i else str(v) for i, (k, v) in enumerate(zip(row_key, d)))
+                        for d in sorted(dropped, key=str)]
+    refuse_overwrite(results_path, changed, force, "--out", "results this run would not reproduce")

@@ -13,6 +13,7 @@ float64, and op by op in float16 (each elementwise result rounded to float16; re
 accumulate in float32 and round, as PyTorch's float16 reductions do). It records the largest
 |x - mu|, the float16 scales that fail (infinite, NaN or 0), and the worst relative error of the rest.
 Markdown comes from zoo.report; ``python tools/update_docs.py`` puts it in docs/claims.md.
+A run of fewer models or other settings does not replace --out's results unless --force.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 import zoo
+from grid import GridError, refuse_losing_rows  # a sibling in eval/, on sys.path when this runs as a script
 from zoo import report
 from zoo.cli import one_line, positive_int, run_header
 from zoo.data import SHARED_DATA, load_cifar
@@ -121,13 +123,18 @@ def main(argv=None) -> int:
     p.add_argument("-b", "--batch-size", type=positive_int(), default=128,
                    help="the recipes' batch (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--force", action="store_true",
+                   help="replace an --out table of other models or settings (default: refuse)")
     args = p.parse_args(argv)
+    settings = {"images": args.images, "batch_size": args.batch_size}
     try:
+        trained = {name: trained_model(name) for name in args.models.split(",")}
+        refuse_losing_rows(args.out / "half-statistics.json", settings, ("model",),
+                           [(name,) for name in trained], args.force)
         train = load_cifar(args.data, "train")
         images, labels = train.images[: args.images], train.labels[: args.images]
-        trained = {name: trained_model(name) for name in args.models.split(",")}
         args.out.mkdir(parents=True, exist_ok=True)
-    except (ValueError, OSError, WeightsError) as e:
+    except (ValueError, OSError, WeightsError, GridError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     rows = []
@@ -139,8 +146,8 @@ def main(argv=None) -> int:
             rows.append({"model": name, "weights": weights, **measure(model, batches)})
             print(f"  {name:18} {weights:8} largest |x - mu| {rows[-1]['max_dev']:.1f}",
                   file=sys.stderr, flush=True)
-    header = {**run_header("eval/half_statistics.py", argv),
-              "images": len(images), "batch_size": args.batch_size, "half_max": HALF_MAX}
+    header = {**run_header("eval/half_statistics.py", argv), **settings, "images": len(images),
+              "half_max": HALF_MAX}
     (args.out / "half-statistics.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(report.half_statistics_section(rows, header))
     return 0

@@ -18,6 +18,7 @@ on every published equal-init seed of bn, l1bn and linfbn (the arms of eval/clai
   close to it add little to it. This compares single steps, not two full runs.
 Val is the recipes' 5,000 held-out training images. Markdown comes from zoo.report;
 ``python tools/update_docs.py`` puts it in docs/claims.md.
+A run of fewer weights or other settings does not replace --out's results unless --force.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 
 import zoo
 from claims import BN, CLAIMS, published_entry  # siblings in eval/, on sys.path as a script
-from grid import recorded_flags, settings
+from grid import GridError, recorded_flags, refuse_losing_rows, settings
 from half_statistics import CIFAR10, RESULTS, spread
 from train.data import CifarTrainBatches
 from train.recipes import get_recipe
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--val-images", type=positive_int(), default=VAL_IMAGES,
                    help="the last N training images (default: the recipes' %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--force", action="store_true",
+                   help="replace an --out table of other weights or settings (default: refuse)")
     args = p.parse_args(argv)
     try:
         train = load_cifar(args.data, "train")
@@ -147,14 +150,18 @@ def main(argv=None) -> int:
         if not cells:
             raise ValueError("no equal-init weights of bn, l1bn or linfbn are published yet: "
                              "python eval/claims.py trains them")
+        split = len(train.labels) - args.val_images
+        # At most an epoch of batches each
+        recalibrate, steps = (min(n, split // args.batch_size) for n in (args.recalibrate, args.steps))
+        run_settings = {"val_images": args.val_images, "recalibrate_batches": recalibrate,
+                        "batch_size": args.batch_size, "steps": steps}
+        refuse_losing_rows(args.out / "linf-gap.json", run_settings, ("model", "seed"),
+                           [(name, seed) for name, seed, _, _ in cells], args.force)
         models = [zoo.create_model(name, weights=tag) for name, _, tag, _ in cells]
         args.out.mkdir(parents=True, exist_ok=True)  # before the minutes of work that fill it
-    except (ValueError, OSError, WeightsError) as e:
+    except (ValueError, OSError, WeightsError, GridError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    split = len(train.labels) - args.val_images
-    # At most an epoch of batches each
-    recalibrate, steps = (min(n, split // args.batch_size) for n in (args.recalibrate, args.steps))
     val_images, val_labels = train.images[split:], train.labels[split:]
     rows = []
     for (model_name, seed, tag, amp), model in zip(cells, models):
@@ -177,9 +184,7 @@ def main(argv=None) -> int:
                      "amp": amp, "gradient_error": gradient_errors(model, batches[:steps], amp)})
         print(f"  {model_name:16} seed {seed}  val {rows[-1]['val_top1']:.2f}  recalibrated "
               f"{rows[-1]['val_top1_recalibrated']:.2f}", file=sys.stderr, flush=True)
-    header = {**run_header("eval/linf_gap.py", argv),
-              "val_images": args.val_images, "recalibrate_batches": recalibrate,
-              "batch_size": args.batch_size, "steps": steps}
+    header = {**run_header("eval/linf_gap.py", argv), **run_settings}
     (args.out / "linf-gap.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(report.linf_gap_section(rows, header))
     return 0

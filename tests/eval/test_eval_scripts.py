@@ -8,9 +8,12 @@ import torch
 
 import benchmark  # eval/benchmark.py (pyproject's pythonpath)
 import deploy_table
+import grid
+import half_statistics
+import linf_gap
 from zoo import report
 
-from conftest import REPO
+from conftest import REPO, one_error_line
 
 # The methods the tiny run takes (each costs fresh processes): the baseline, mimic (the step
 # suite's targets) and gn, a method that declares the contiguous memory format where bn and
@@ -143,3 +146,37 @@ def test_benchmark_train_worker_reports_the_precision_the_trainer_ran_in():
             "device": "cpu", "model": "resnet20_bwn", "channels_last": False}
     result = benchmark.train_worker(spec)
     assert result["amp"] is False and len(result["seconds"]) == 1
+
+
+def test_refuse_losing_rows_names_changed_settings_and_rows_not_measured(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"header": {"images": 1024, "batch_size": 128, "commit": "abc"},
+                                "rows": [{"model": "a", "seed": 0}, {"model": "b", "seed": 1}]}))
+    with pytest.raises(grid.GridError, match=r"would not reproduce \(images 1024, b seed 1\); "
+                                             r"write these to another --out folder, or pass --force"):
+        grid.refuse_losing_rows(path, {"images": 16, "batch_size": 128}, ("model", "seed"), [("a", 0)], False)
+    # The same settings and every row (the commit may differ), or --force: no refusal
+    grid.refuse_losing_rows(path, {"images": 1024, "batch_size": 128}, ("model", "seed"),
+                            [("a", 0), ("b", 1), ("c", 0)], False)
+    grid.refuse_losing_rows(path, {"images": 16, "batch_size": 128}, ("model", "seed"), [], True)
+
+
+@pytest.mark.parametrize("script, results, flags", [
+    (deploy_table, "deploy.json", ["--models", "resnet20_l1bn", "--val-images", "40", "--calibrate", "32"]),
+    (half_statistics, "half-statistics.json", ["--models", "resnet20_l1bn", "--images", "16"]),
+    (linf_gap, "linf-gap.json", ["--models", "resnet20_linfbn", "--seeds", "1", "--val-images", "40",
+                                 "--batch-size", "8"]),
+])
+def test_a_models_subset_refuses_to_replace_the_rows_it_does_not_measure(script, results, flags,
+                                                                          tiny_cifar10, tmp_path, capsys):
+    """A trial run into the committed results folder would lose the other models' rows."""
+    recorded = json.dumps({"header": {}, "rows": [{"model": "resnet20_bn", "seed": 0}]})
+    (tmp_path / results).write_text(recorded)
+    rc = script.main(["--data", str(tiny_cifar10), *flags, "--out", str(tmp_path)])
+    assert rc == 2 and (tmp_path / results).read_text() == recorded
+    one_error_line(capsys.readouterr().err, "would not reproduce (resnet20_bn", "pass --force")
+
+
+def test_deploy_table_refuses_a_model_without_shipped_weights(tmp_path, capsys):
+    assert deploy_table.main(["--models", "resnet20_bn,resnet56_bn", "--out", str(tmp_path)]) == 2
+    one_error_line(capsys.readouterr().err, "no shipped DEFAULT checkpoint for resnet56_bn (these have one: resnet20_bn")
