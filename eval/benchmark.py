@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from deploy_table import compile_int8, default_models, variants  # eval/: what the table scores
+from deploy_table import compile_int8, shipped_checkpoints, variants  # eval/: what the table scores
 from zoo import report
 from zoo.cli import machine
 from zoo.data import SHARED_DATA
@@ -619,10 +619,8 @@ def main(argv=None) -> int:
                  for n in args.norms or [] if n not in per_layer_norms()]
     problems += [f"unknown method {m!r} (of {', '.join(zoo.list_norms())})"
                  for m in args.methods if m not in zoo.list_norms()]
-    shipped = default_models()
-    args.checkpoints = [c.strip() for c in args.checkpoints.split(",")] if args.checkpoints else shipped
-    problems += [f"{c!r} is not a shipped DEFAULT checkpoint (of {', '.join(shipped)})"
-                 for c in args.checkpoints if c not in shipped]
+    args.checkpoints, unshipped = shipped_checkpoints(args.checkpoints)
+    problems += unshipped
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         problems.append("--device cuda but torch sees no GPU")
     if problems:

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -52,8 +53,13 @@ class Cast(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
-def default_models() -> list[str]:
-    return [w.split(".")[0] for w in zoo.list_weights() if zoo.get_weight(w).entry["default"]]
+def shipped_checkpoints(requested: Optional[str]) -> tuple[list[str], list[str]]:
+    """The models a comma-separated ``requested`` names (default: every shipped DEFAULT
+    checkpoint's), and one problem per name that has no shipped DEFAULT checkpoint."""
+    shipped = [w.split(".")[0] for w in zoo.list_weights() if zoo.get_weight(w).entry["default"]]
+    names = [m.strip() for m in requested.split(",")] if requested else shipped
+    return names, [f"{n!r} is not a shipped DEFAULT checkpoint (of {', '.join(shipped)})"
+                   for n in names if n not in shipped]
 
 
 def variants(name: str, calibration) -> dict:
@@ -104,12 +110,9 @@ def main(argv=None) -> int:
     settings = {"calibration_images": args.calibrate, "val_images": args.val_images,
                 "test_images": args.test_images}
     try:
-        shipped = default_models()
-        names = [m.strip() for m in args.models.split(",")] if args.models else shipped
-        unknown = [m for m in names if m not in shipped]
-        if unknown:
-            raise ValueError(f"--models: no shipped DEFAULT checkpoint for {', '.join(unknown)} "
-                             f"(these have one: {', '.join(shipped)})")
+        names, problems = shipped_checkpoints(args.models)
+        if problems:
+            raise ValueError(f"--models: {'; '.join(problems)}")
         refuse_losing_rows(args.out / "deploy.json", settings, ("model",), [(m,) for m in names],
                            args.force)
         train, test = load_cifar(args.data, "train"), load_cifar(args.data, "test")

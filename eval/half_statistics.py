@@ -126,13 +126,13 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true",
                    help="replace an --out table of other models or settings (default: refuse)")
     args = p.parse_args(argv)
-    settings = {"images": args.images, "batch_size": args.batch_size}
     try:
         trained = {name: trained_model(name) for name in args.models.split(",")}
-        refuse_losing_rows(args.out / "half-statistics.json", settings, ("model",),
-                           [(name,) for name in trained], args.force)
         train = load_cifar(args.data, "train")
         images, labels = train.images[: args.images], train.labels[: args.images]
+        settings = {"images": len(images), "batch_size": args.batch_size}
+        refuse_losing_rows(args.out / "half-statistics.json", settings, ("model",),
+                           [(name,) for name in trained], args.force)
         args.out.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError, WeightsError, GridError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
@@ -146,8 +146,7 @@ def main(argv=None) -> int:
             rows.append({"model": name, "weights": weights, **measure(model, batches)})
             print(f"  {name:18} {weights:8} largest |x - mu| {rows[-1]['max_dev']:.1f}",
                   file=sys.stderr, flush=True)
-    header = {**run_header("eval/half_statistics.py", argv), **settings, "images": len(images),
-              "half_max": HALF_MAX}
+    header = {**run_header("eval/half_statistics.py", argv), **settings, "half_max": HALF_MAX}
     (args.out / "half-statistics.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(report.half_statistics_section(rows, header))
     return 0

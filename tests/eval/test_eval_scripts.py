@@ -179,4 +179,4 @@ def test_a_models_subset_refuses_to_replace_the_rows_it_does_not_measure(script,
 
 def test_deploy_table_refuses_a_model_without_shipped_weights(tmp_path, capsys):
     assert deploy_table.main(["--models", "resnet20_bn,resnet56_bn", "--out", str(tmp_path)]) == 2
-    one_error_line(capsys.readouterr().err, "no shipped DEFAULT checkpoint for resnet56_bn (these have one: resnet20_bn")
+    one_error_line(capsys.readouterr().err, "--models: 'resnet56_bn' is not a shipped DEFAULT checkpoint (of resnet20_bn")
